@@ -1,0 +1,299 @@
+"""The throttled per-run handle a checkpointed task body talks to.
+
+The skipped path of :meth:`Checkpointer.save` is one clock read and one
+comparison, taken without a lock: a body may call ``save()`` in its tightest
+loop. The clock advances only after the store confirmed a write, so a failed
+write is never mistaken for a throttled one.
+
+The store is touched lazily: a run whose body never calls ``load()`` or
+``save()`` costs no store round trip at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import (
+    CheckpointOwnershipLost,
+    CheckpointStoreError,
+    CorruptCheckpoint,
+    DuplicateRun,
+)
+from .ownership import Decision, decide
+from .record import CheckpointRecord, EncodedState, NewCheckpoint, Status, decode, encode
+from .runtime import runs_in_process
+from .stores.base import CheckpointStore
+
+logger = logging.getLogger(__name__)
+
+_monotonic = time.monotonic
+_BEGIN_ATTEMPTS = 8
+
+
+class NullCheckpointer:
+    """What a task gets when no store is configured: harmless no-ops.
+
+    ``load()`` returns ``None`` and ``save()`` returns ``False``, so a task
+    written for checkpoints still runs, just without resuming.
+    """
+
+    resume_count = 0
+    saves = 0
+    progress: float | None = None
+    enabled = False
+
+    def load(self) -> Any:
+        return None
+
+    def save(self, state: Any, *, progress: float | None = None, force: bool = False) -> bool:
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return False
+
+    def complete(self) -> None: ...
+
+    def fail(self, exc: BaseException | None = None) -> None: ...
+
+    def suspend(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Checkpointer:
+    """One run's view of its task's checkpoint.
+
+    Created by :class:`~celery_checkpoint.CheckpointTask` for every run and
+    passed to the body as ``checkpoint``.
+    """
+
+    enabled = True
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        task_name: str,
+        store: CheckpointStore,
+        owner: str,
+        throttle: float,
+        serializer: str,
+        accept: frozenset[str],
+        max_state_bytes: int,
+        on_store_error: str = "raise",
+        envelope: Callable[[], Any] = lambda: {},
+        on_persist: Callable[[Checkpointer], None] | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.task_name = task_name
+        self.store = store
+        self.owner = owner
+        self.pid = os.getpid()
+        self.throttle = throttle
+        self.serializer = serializer
+        self.accept = accept
+        self.max_state_bytes = max_state_bytes
+        self.on_store_error = on_store_error
+        self._envelope = envelope
+        self._on_persist = on_persist
+        #: How many times this task was resumed after an interruption (0 on a first run).
+        self.resume_count = 0
+        #: Persisted saves of this task id so far, across resumes.
+        self.saves = 0
+        #: The progress given to the last persisted save (0.0 to 1.0), if any.
+        self.progress: float | None = None
+        #: Wall-clock time of the last persisted save.
+        self.saved_at: float | None = None
+        self._next_save = float("-inf")
+        self._lock = threading.Lock()
+        self._begun = False
+        self._fence = 0
+        self._latest: EncodedState | None = None
+        self._stop = threading.Event()
+        self._closed = False
+        runs_in_process.enter(task_id)
+
+    # -- the body's API ----------------------------------------------------
+
+    def load(self) -> Any:
+        """The last persisted state of this task id, or ``None`` on a first run."""
+        with self._lock:
+            self._begin()
+            latest = self._latest
+        if latest is None:
+            return None
+        return decode(latest, self.accept, task_id=self.task_id)
+
+    def save(self, state: Any, *, progress: float | None = None, force: bool = False) -> bool:
+        """Persist ``state`` unless the last persisted save is younger than the throttle.
+
+        Returns ``True`` when the state was written, ``False`` when it was
+        skipped. ``force=True`` ignores the throttle; so does a pending
+        shutdown (see :attr:`should_stop`). A store failure raises
+        :class:`~celery_checkpoint.errors.CheckpointStoreError` and the next
+        call tries again.
+        """
+        if _monotonic() < self._next_save and not force and not self._stop.is_set():
+            return False
+        return self._persist(state, progress, force or self._stop.is_set())
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the worker asked this run to stop at its next checkpoint."""
+        return self._stop.is_set()
+
+    # -- persistence -------------------------------------------------------
+
+    def _persist(self, state: Any, progress: float | None, forced: bool) -> bool:
+        with self._lock:
+            if not forced and _monotonic() < self._next_save:
+                return False  # another thread persisted while this one waited
+            encoded = encode(
+                state, self.serializer, what="state", task_id=self.task_id, limit=self.max_state_bytes
+            )
+            try:
+                self._begin()
+                saves = self._write(encoded, progress, time.time())
+            except CheckpointStoreError:
+                if self.on_store_error == "warn":
+                    logger.warning(
+                        "task %s: checkpoint not saved, will retry on the next save",
+                        self.task_id,
+                        exc_info=True,
+                    )
+                    return False
+                raise
+            self._latest = encoded
+            self.saves = saves
+            self.progress = progress
+            self._next_save = max(self._next_save, _monotonic() + self.throttle)
+        if self._on_persist is not None:
+            self._on_persist(self)
+        return True
+
+    def _write(self, encoded: EncodedState, progress: float | None, saved_at: float) -> int:
+        self.saved_at = saved_at
+        if self._fence == 0:
+            envelope = encode(
+                self._envelope(),
+                self.serializer,
+                what="call (args, kwargs, options)",
+                task_id=self.task_id,
+                limit=self.max_state_bytes,
+            )
+            fence = self.store.create(
+                self.task_id,
+                NewCheckpoint(self.task_name, self.owner, self.pid, encoded, envelope, progress, saved_at),
+            )
+            if fence is None:
+                raise CheckpointOwnershipLost(
+                    f"task {self.task_id}: another run of this task id created a checkpoint "
+                    "while this one was running; this run stops"
+                )
+            self._fence = fence
+            return 1
+        saves = self.store.update(self.task_id, self._fence, encoded, progress, saved_at)
+        if saves is None:
+            raise CheckpointOwnershipLost(
+                f"task {self.task_id}: the checkpoint was taken over by a newer run "
+                f"(this run's fence {self._fence} is stale); this run stops without saving"
+            )
+        return saves
+
+    def _begin(self) -> None:
+        """Take ownership of an existing checkpoint, or learn there is none."""
+        if self._begun:
+            return
+        for _ in range(_BEGIN_ATTEMPTS):
+            peek = self.store.peek(self.task_id)
+            if not peek.exists:
+                if peek.done:
+                    raise DuplicateRun(f"task {self.task_id} already finished; dropping this late delivery")
+                self._begun = True
+                return
+            decision = decide(peek, self.owner, self.pid, runs_in_process.count(self.task_id))
+            if decision is not Decision.TAKE:
+                raise DuplicateRun(f"task {self.task_id}: {decision.value}; dropping this delivery")
+            record = self.store.takeover(self.task_id, peek.fence, peek.owner, self.owner, self.pid)
+            if record is not None:
+                self._adopt(record)
+                return
+        raise CheckpointStoreError(
+            f"task {self.task_id}: checkpoint in {self.store.url} kept changing hands; gave up taking it over"
+        )
+
+    def _adopt(self, record: CheckpointRecord) -> None:
+        self._begun = True
+        self._fence = record.fence
+        self._latest = record.state
+        self.resume_count = record.resume_count
+        self.saves = record.saves
+        self.progress = record.progress
+        self.saved_at = record.saved_at
+        logger.info(
+            "task %s: resuming from checkpoint (save %d, resume %d)",
+            self.task_id,
+            record.saves,
+            record.resume_count,
+        )
+
+    # -- the end of a run --------------------------------------------------
+
+    def complete(self) -> None:
+        """The run succeeded: delete the checkpoint and mark the task id done."""
+        if self._fence:
+            self.store.finish(self.task_id, self._fence, self.owner)
+            self._fence = 0
+
+    def fail(self, exc: BaseException | None = None) -> None:
+        """The run failed for good: delete the checkpoint, unless it is unreadable.
+
+        A checkpoint that cannot be decoded is kept, as ``poisoned``, for the
+        CLI: deleting it would lose the evidence.
+        """
+        if not self._fence:
+            return
+        if isinstance(exc, CorruptCheckpoint):
+            self.store.park(self.task_id, self._fence, self.owner, Status.POISONED)
+        else:
+            self.store.finish(self.task_id, self._fence, self.owner)
+        self._fence = 0
+
+    def suspend(self) -> None:
+        """The run asked Celery to retry: keep the checkpoint for the retried run."""
+        if self._fence:
+            self.store.park(self.task_id, self._fence, self.owner, Status.WAITING)
+            self._fence = 0
+
+    def release(self) -> None:
+        """Hand the checkpoint off to be resumed at once (shutdown handoff)."""
+        if self._fence:
+            self.store.park(self.task_id, self._fence, self.owner, Status.RELEASED)
+            self._fence = 0
+
+    def request_stop(self) -> None:
+        """Ask the body to stop at its next ``save()`` (called by the worker)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            runs_in_process.leave(self.task_id)
+
+    def metadata(self) -> dict[str, Any]:
+        """What Flower and logs show about this run's checkpoint."""
+        return {
+            "checkpoint_saves": self.saves,
+            "checkpoint_progress": self.progress,
+            "checkpoint_saved_at": self.saved_at,
+            "checkpoint_resume_count": self.resume_count,
+            "checkpoint_owner": self.owner.rsplit("|", 1)[0],
+        }

@@ -1,0 +1,68 @@
+"""Settings, read from ``app.conf`` under the ``checkpoint_`` prefix.
+
+Each value may be overridden per task by a task option of the same name
+(``@app.task(base=CheckpointTask, checkpoint_throttle=1.0)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+#: Defaults for every ``checkpoint_*`` setting, documented in the README.
+DEFAULTS: dict[str, Any] = {
+    "checkpoint_store_url": None,
+    "checkpoint_throttle": 5.0,
+    "checkpoint_serializer": "json",
+    "checkpoint_max_state_bytes": 8 * 1024 * 1024,
+    "checkpoint_key_prefix": "checkpoint:",
+    "checkpoint_lease_ttl": 30.0,
+    "checkpoint_sweep_interval": 10.0,
+    "checkpoint_max_resumes": 5,
+    "checkpoint_done_ttl": 24 * 3600.0,
+    "checkpoint_on_store_error": "raise",
+    "checkpoint_events": None,
+    "checkpoint_resume_on_start": True,
+}
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """The effective settings for one task (app settings + task options)."""
+
+    store_url: str | None
+    throttle: float
+    serializer: str
+    max_state_bytes: int
+    key_prefix: str
+    lease_ttl: float
+    sweep_interval: float
+    max_resumes: int
+    done_ttl: float
+    on_store_error: str
+    events: bool | None
+    resume_on_start: bool
+
+    @classmethod
+    def from_sources(cls, conf: Any, task: Any = None) -> CheckpointConfig:
+        """Build from ``app.conf``, letting non-``None`` task attributes win."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            key = f"checkpoint_{field.name}"
+            value = getattr(task, key, None) if task is not None else None
+            if value is None:
+                value = conf.get(key, DEFAULTS[key])
+            values[field.name] = DEFAULTS[key] if value is None else value
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.on_store_error not in ("raise", "warn"):
+            raise ValueError(
+                f"checkpoint_on_store_error must be 'raise' or 'warn', not {self.on_store_error!r}"
+            )
+        if self.lease_ttl <= 0:
+            raise ValueError("checkpoint_lease_ttl must be > 0")
+        if self.sweep_interval <= 0:
+            raise ValueError("checkpoint_sweep_interval must be > 0")

@@ -1,0 +1,59 @@
+"""Who may run a task id: the one rule every store and every run follows.
+
+A delivery of a checkpointed task either takes the checkpoint over or is a
+duplicate. It is a duplicate while another run of the same task id is alive:
+on another worker whose lease has not expired, or on this worker in another
+live pool process, or in another thread of this process. Everything else
+(a dead owner, a queued resume, a retry, a handoff) is taken over, and the
+takeover bumps the fence so the previous run can no longer write.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+
+from .record import Status
+from .stores.base import Peek
+
+
+class Decision(str, enum.Enum):
+    TAKE = "take over"
+    BUSY = "another run of this task id is alive"
+    POISONED = "the checkpoint is poisoned (resumed too many times) and kept for inspection"
+
+
+def decide(peek: Peek, me: str, pid: int, runs_here: int) -> Decision:
+    """Decide from one consistent ``peek``; the takeover then fences on it."""
+    if peek.status is Status.POISONED:
+        return Decision.POISONED
+    if peek.status is not Status.RUNNING:
+        return Decision.TAKE
+    if peek.owner != me:
+        return Decision.BUSY if peek.owner_alive else Decision.TAKE
+    if peek.pid == pid:
+        # Same process: busy only if another thread runs this task id now
+        # (this run counts itself once).
+        return Decision.BUSY if runs_here > 1 else Decision.TAKE
+    return Decision.BUSY if pid_alive(peek.pid) else Decision.TAKE
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (a lost pool child does not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False

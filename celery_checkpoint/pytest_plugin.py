@@ -1,0 +1,1 @@
+"""Fixtures for testing your own checkpointed tasks (placeholder, see issue 4)."""

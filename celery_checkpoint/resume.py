@@ -1,0 +1,159 @@
+"""Sending an interrupted task again as itself: claim, check, re-enqueue.
+
+Used by the worker's resume scan and by ``celery checkpoint resume``. The
+claim is atomic in the store, so when many workers scan at once each
+interrupted task is re-enqueued by exactly one of them.
+
+Nothing unverified is ever sent: the task name must be registered in this
+app as a ``CheckpointTask``, and the call (args, kwargs, options) is the one
+the checkpoint recorded when the task first ran. A bad entry is reported
+once per process and left in place.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Container
+from dataclasses import dataclass, field
+from typing import Any
+
+from .envelope import parse_envelope
+from .errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
+from .record import CheckpointRecord, Status, accepted_content_types, decode
+from .stores.base import Candidate, CheckpointStore, ClaimOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointPoisoned(CheckpointError):
+    """Stored as the task's FAILURE when it was resumed too many times."""
+
+
+class Outcome(str, enum.Enum):
+    RESUMED = "resumed"
+    POISONED = "poisoned"
+    REVOKED = "revoked"
+    BAD = "bad"
+    GONE = "gone"
+    FAILED = "failed"
+
+
+@dataclass
+class ScanReport:
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for value in self.outcomes.values() if value is outcome)
+
+    def summary(self) -> str:
+        parts = [f"{self.count(o)} {o.value}" for o in Outcome if self.count(o)]
+        return ", ".join(parts) or "nothing to resume"
+
+
+class Resumer:
+    """Claims interrupted checkpoints and re-enqueues their tasks."""
+
+    def __init__(self, app: Any, store: CheckpointStore, claimer: str) -> None:
+        self.app = app
+        self.store = store
+        self.claimer = claimer
+        self._reported: set[tuple[str, str]] = set()
+
+    def scan(self, revoked: Container[str] = ()) -> ScanReport:
+        report = ScanReport()
+        for candidate in self.store.interrupted():
+            report.outcomes[candidate.task_id] = self.resume(candidate, revoked)
+        return report
+
+    def resume(self, candidate: Candidate, revoked: Container[str] = ()) -> Outcome:
+        task_id = candidate.task_id
+        if task_id in revoked:
+            self.store.delete(task_id)
+            logger.info("task %s was revoked: its checkpoint is removed, not resumed", task_id)
+            return Outcome.REVOKED
+        try:
+            record = self.store.get(task_id)
+        except CorruptCheckpoint as exc:
+            return self._bad(task_id, str(exc))
+        if record is None:
+            return Outcome.GONE
+        task, problem = self._task_for(record)
+        if task is None:
+            return self._bad(task_id, problem)
+        try:
+            envelope = parse_envelope(
+                decode(
+                    record.envelope,
+                    accepted_content_types(task.checkpoint_config.serializer),
+                    task_id=task_id,
+                ),
+                task_id=task_id,
+            )
+        except (CorruptCheckpoint, ValueError) as exc:
+            return self._bad(task_id, str(exc))
+
+        claim = self.store.claim(task_id, candidate.owner, self.claimer, task.checkpoint_config.max_resumes)
+        if claim.outcome is ClaimOutcome.GONE or claim.record is None:
+            return Outcome.GONE
+        if claim.outcome is ClaimOutcome.POISONED:
+            mark_poisoned(task, claim.record)
+            return Outcome.POISONED
+        try:
+            task.apply_async(envelope.args, envelope.kwargs, **envelope.options)
+        except Exception:
+            logger.exception(
+                "task %s: could not re-enqueue it; it stays interrupted for the next scan", task_id
+            )
+            self.store.park(task_id, claim.record.fence, self.claimer, Status.RELEASED)
+            return Outcome.FAILED
+        # The message is in the broker now: the record needs no owner's lease.
+        self.store.park(task_id, claim.record.fence, self.claimer, Status.QUEUED)
+        logger.info(
+            "task %s (%s) re-enqueued from its checkpoint (save %d, resume %d)",
+            task_id,
+            record.task_name,
+            claim.record.saves,
+            claim.record.resume_count,
+        )
+        return Outcome.RESUMED
+
+    def _task_for(self, record: CheckpointRecord) -> tuple[Any, str]:
+        from .task import CheckpointTask
+
+        task = self.app.tasks.get(record.task_name)
+        if task is None:
+            return None, f"task name {record.task_name!r} is not registered in this app"
+        if not isinstance(task, CheckpointTask):
+            return None, f"task {record.task_name!r} is not a CheckpointTask"
+        return task, ""
+
+    def _bad(self, task_id: str, problem: str) -> Outcome:
+        if (task_id, problem) not in self._reported:
+            self._reported.add((task_id, problem))
+            logger.error(
+                "checkpoint %s is not resumable and is left in place (inspect with "
+                "`celery checkpoint show %s`): %s",
+                task_id,
+                task_id,
+                problem,
+            )
+        return Outcome.BAD
+
+
+def mark_poisoned(task: Any, record: CheckpointRecord) -> None:
+    """Store FAILURE for a task that keeps getting interrupted; keep its checkpoint."""
+    error = CheckpointPoisoned(
+        f"task {record.task_id} ({record.task_name}) was interrupted again after "
+        f"{record.resume_count} resumes (checkpoint_max_resumes="
+        f"{task.checkpoint_config.max_resumes}); marked FAILURE. Its checkpoint is kept for "
+        f"inspection: celery checkpoint show {record.task_id}"
+    )
+    logger.error("%s", error)
+    try:
+        task.backend.mark_as_failure(record.task_id, error)
+    except Exception:
+        logger.exception("task %s: could not store its FAILURE", record.task_id)
+
+
+__all__ = ["CheckpointPoisoned", "CheckpointStoreError", "Outcome", "Resumer", "ScanReport", "mark_poisoned"]

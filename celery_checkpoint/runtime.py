@@ -1,0 +1,66 @@
+"""What a process knows about the worker it belongs to.
+
+The worker's main process fills this in at start-up (``celeryd_init``),
+before the pool forks, so every pool child inherits the same worker id and
+event setting without a round trip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+from .record import worker_id
+
+
+@dataclass
+class WorkerIdentity:
+    hostname: str = ""
+    worker_id: str = ""
+    task_events: bool = False
+
+
+identity = WorkerIdentity()
+
+
+def start_worker_identity(hostname: str) -> WorkerIdentity:
+    """A new incarnation id for this start of the worker named ``hostname``."""
+    identity.hostname = hostname
+    identity.worker_id = worker_id(hostname, uuid.uuid4().hex[:12])
+    return identity
+
+
+def current_worker_id(hostname: str | None) -> str:
+    """This process's owner id; outside a real worker, one per process."""
+    if identity.worker_id:
+        return identity.worker_id
+    return worker_id(hostname or socket.gethostname(), f"pid{os.getpid()}")
+
+
+class RunsInProcess:
+    """Task ids running in this process, counted (threads pool duplicates)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: Counter[str] = Counter()
+
+    def enter(self, task_id: str) -> None:
+        with self._lock:
+            self._runs[task_id] += 1
+
+    def leave(self, task_id: str) -> None:
+        with self._lock:
+            self._runs[task_id] -= 1
+            if self._runs[task_id] <= 0:
+                del self._runs[task_id]
+
+    def count(self, task_id: str) -> int:
+        with self._lock:
+            return self._runs[task_id]
+
+
+runs_in_process = RunsInProcess()

@@ -1,0 +1,156 @@
+"""The store protocol every backend implements, and the types it returns.
+
+A store keeps three things: checkpoint records (one per task id), worker
+leases (one per worker start, renewed by the worker's main process), and
+"done" markers (a short-lived note that a task id finished, so a late
+redelivery is dropped instead of run again from zero).
+
+Stores only offer atomic primitives. Decisions that are the same for every
+backend (may this run take the checkpoint over?) live in
+:mod:`celery_checkpoint.ownership`, so the three backends cannot disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..record import CheckpointRecord, EncodedState, NewCheckpoint, Status
+
+
+@dataclass(frozen=True)
+class Peek:
+    """What a run needs to know before touching a checkpoint."""
+
+    exists: bool
+    done: bool
+    status: Status | None = None
+    owner: str = ""
+    pid: int = 0
+    fence: int = 0
+    owner_alive: bool = False
+
+
+class ClaimOutcome(enum.Enum):
+    CLAIMED = "claimed"
+    POISONED = "poisoned"
+    GONE = "gone"
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    record: CheckpointRecord | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A checkpoint the scan believes is interrupted, and why."""
+
+    task_id: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class CorruptEntry:
+    """An entry under the store's namespace that is not a readable record."""
+
+    key: str
+    reason: str
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """Atomic operations on checkpoints, leases and done markers.
+
+    Every method that changes a record takes the caller's ``fence`` (or an
+    expected owner) and does nothing when it no longer matches: that is what
+    keeps a stale run from overwriting a newer run's checkpoint.
+    """
+
+    #: The store URL with any password removed, for messages and logs.
+    url: str
+
+    def peek(self, task_id: str) -> Peek:
+        """Read a record's ownership head, whether its owner's lease is alive,
+        and whether the task id is marked done."""
+        ...
+
+    def takeover(
+        self, task_id: str, expected_fence: int, expected_owner: str, owner: str, pid: int
+    ) -> CheckpointRecord | None:
+        """Give the record to ``owner`` if its fence is still ``expected_fence``
+        (which also pins ``expected_owner``, read by the same ``peek``).
+
+        Bumps the fence and sets status ``running``. ``None`` if it changed.
+        """
+        ...
+
+    def create(self, task_id: str, new: NewCheckpoint) -> int | None:
+        """Write a first checkpoint; return its fence, or ``None`` if one exists."""
+        ...
+
+    def update(
+        self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float
+    ) -> int | None:
+        """Persist a newer state; return the save count, or ``None`` if fenced out."""
+        ...
+
+    def finish(self, task_id: str, fence: int, owner: str) -> bool:
+        """Delete the record and mark the task id done (success or terminal failure)."""
+        ...
+
+    def park(self, task_id: str, fence: int, owner: str, status: Status) -> bool:
+        """Leave the record with no owner, as ``waiting`` (a retry), ``released``
+        (a handoff, resumed by the next scan), ``queued`` (its message is in
+        the broker) or ``poisoned`` (kept for inspection only)."""
+        ...
+
+    def register(self, worker_id: str, ttl: float) -> None:
+        """Start a worker's lease, ending the leases of its earlier starts
+        under the same node name (their runs are over)."""
+        ...
+
+    def heartbeat(self, worker_id: str, ttl: float) -> None:
+        """Renew a worker's lease."""
+        ...
+
+    def retire(self, worker_id: str) -> None:
+        """End a worker's lease now (clean shutdown)."""
+        ...
+
+    def leases(self) -> dict[str, float]:
+        """Worker id -> lease expiry (unix time) of every known worker."""
+        ...
+
+    def interrupted(self) -> list[Candidate]:
+        """Checkpoints whose run is over without an outcome.
+
+        Reads only the owners whose lease ended and the released set, so its
+        cost grows with the interrupted checkpoints, not the live ones.
+        """
+        ...
+
+    def claim(self, task_id: str, expected_owner: str, claimer: str, max_resumes: int) -> Claim:
+        """Atomically take an interrupted checkpoint for re-enqueueing.
+
+        Exactly one of several concurrent claimers gets ``CLAIMED``. A record
+        already resumed ``max_resumes`` times becomes ``POISONED`` instead.
+        """
+        ...
+
+    def get(self, task_id: str) -> CheckpointRecord | None:
+        """The record, or ``None``; raises ``CorruptCheckpoint`` if unreadable."""
+        ...
+
+    def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:
+        """Every entry, readable or not (for the CLI)."""
+        ...
+
+    def delete(self, task_id: str) -> bool:
+        """Remove a record whatever its state (purge, revoke)."""
+        ...
+
+    def close(self) -> None: ...

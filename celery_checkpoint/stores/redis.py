@@ -1,0 +1,415 @@
+"""The production store: Redis, one round trip per persisted save.
+
+Key layout (``p`` is ``checkpoint_key_prefix``, default ``checkpoint:``):
+
+==========================  ======  =============================================
+key                          type    holds
+==========================  ======  =============================================
+``p + task:<task id>``       hash    the record (see :mod:`.redis_lua`)
+``p + owned:<worker id>``    set     task ids a worker start owns (running/queued)
+``p + owners``               set     every worker id that owns or owned a record
+``p + workers``              hash    worker id -> lease expiry (server ms)
+``p + released``             set     task ids handed off at shutdown
+``p + done:<task id>``       string  "finished" marker, expires after done TTL
+==========================  ======  =============================================
+
+The resume scan reads ``owners`` and ``workers`` (one entry per worker start)
+and then only the ``owned`` sets of dead owners, so its cost grows with the
+interrupted checkpoints and not with the live ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import CheckpointStoreError, CorruptCheckpoint
+from ..record import WORKER_ID_SEPARATOR, CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_host
+from . import redis_lua
+from .base import Candidate, Claim, ClaimOutcome, CorruptEntry, Peek
+
+try:
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the Redis checkpoint store needs redis-py: pip install 'celery-checkpoint[redis]'"
+    ) from exc
+
+T = TypeVar("T")
+
+REQUIRED_FIELDS = ("name", "status", "owner", "fence", "saves", "resumes", "saved_at", "created_at", "state")
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, safe for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisStore:
+    """Checkpoints in Redis (``redis://`` or ``rediss://``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "checkpoint:",
+        done_ttl: float = 86400.0,
+        client: redis.Redis | None = None,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        self.url = redact(url)
+        self.prefix = prefix
+        self.done_ttl_ms = int(done_ttl * 1000)
+        self.client: redis.Redis = client or redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=min(socket_timeout, 2.0),
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+            health_check_interval=30,
+        )
+        register = self.client.register_script
+        self._peek = register(redis_lua.PEEK)
+        self._takeover = register(redis_lua.TAKEOVER)
+        self._create = register(redis_lua.CREATE)
+        self._update = register(redis_lua.UPDATE)
+        self._finish = register(redis_lua.FINISH)
+        self._park = register(redis_lua.PARK)
+        self._lease = register(redis_lua.LEASE)
+        self._leases = register(redis_lua.LEASES)
+        self._claim = register(redis_lua.CLAIM)
+        self._forget = register(redis_lua.FORGET)
+        self._delete = register(redis_lua.DELETE)
+        self.workers_key = self.key("workers")
+        self.owners_key = self.key("owners")
+        self.released_key = self.key("released")
+
+    # -- keys --------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        """Join key parts under the prefix, never doubling a separator."""
+        return self.prefix + ":".join(parts)
+
+    def record_key(self, task_id: str) -> str:
+        return self.key("task", task_id)
+
+    def owned_key(self, worker: str) -> str:
+        return self.key("owned", worker)
+
+    def done_key(self, task_id: str) -> str:
+        return self.key("done", task_id)
+
+    @contextmanager
+    def _errors(self, op: str, task_id: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            subject = f"task {task_id}: " if task_id else ""
+            raise CheckpointStoreError(f"{subject}checkpoint store {self.url} failed to {op}: {exc}") from exc
+
+    def _call(self, op: str, task_id: str | None, fn: Callable[[], T]) -> T:
+        with self._errors(op, task_id):
+            return fn()
+
+    # -- runs --------------------------------------------------------------
+
+    def peek(self, task_id: str) -> Peek:
+        reply = self._call(
+            "read",
+            task_id,
+            lambda: self._peek(keys=[self.record_key(task_id), self.done_key(task_id), self.workers_key]),
+        )
+        if not reply[0]:
+            return Peek(exists=False, done=bool(reply[1]))
+        _, status, owner, pid, fence, alive = reply
+        try:
+            parsed = Status(_text(status))
+        except ValueError:
+            raise CorruptCheckpoint(f"task {task_id}: unknown checkpoint status {status!r}") from None
+        return Peek(
+            exists=True,
+            done=False,
+            status=parsed,
+            owner=_text(owner or b""),
+            pid=int(pid or 0),
+            fence=int(fence or 0),
+            owner_alive=bool(alive),
+        )
+
+    def takeover(
+        self, task_id: str, expected_fence: int, expected_owner: str, owner: str, pid: int
+    ) -> CheckpointRecord | None:
+        reply = self._call(
+            "take over",
+            task_id,
+            lambda: self._takeover(
+                keys=[
+                    self.record_key(task_id),
+                    self.owned_key(expected_owner),
+                    self.owned_key(owner),
+                    self.released_key,
+                    self.owners_key,
+                ],
+                args=[task_id, expected_fence, owner, pid],
+            ),
+        )
+        return None if not reply else _record(task_id, _pairs(reply))
+
+    def create(self, task_id: str, new: NewCheckpoint) -> int | None:
+        created = self._call(
+            "save",
+            task_id,
+            lambda: self._create(
+                keys=[self.record_key(task_id), self.owned_key(new.owner), self.owners_key],
+                args=[
+                    task_id,
+                    new.owner,
+                    new.pid,
+                    new.task_name,
+                    new.state.payload,
+                    new.state.content_type,
+                    new.state.content_encoding,
+                    new.envelope.payload,
+                    new.envelope.content_type,
+                    new.envelope.content_encoding,
+                    "" if new.progress is None else repr(new.progress),
+                    repr(new.saved_at),
+                ],
+            ),
+        )
+        return 1 if created else None
+
+    def update(
+        self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float
+    ) -> int | None:
+        saves = self._call(
+            "save",
+            task_id,
+            lambda: self._update(
+                keys=[self.record_key(task_id)],
+                args=[
+                    fence,
+                    state.payload,
+                    state.content_type,
+                    state.content_encoding,
+                    "" if progress is None else repr(progress),
+                    repr(saved_at),
+                ],
+            ),
+        )
+        return None if saves is None else int(saves)
+
+    def finish(self, task_id: str, fence: int, owner: str) -> bool:
+        return bool(
+            self._call(
+                "delete",
+                task_id,
+                lambda: self._finish(
+                    keys=[
+                        self.record_key(task_id),
+                        self.owned_key(owner),
+                        self.done_key(task_id),
+                        self.released_key,
+                    ],
+                    args=[task_id, fence, self.done_ttl_ms],
+                ),
+            )
+        )
+
+    def park(self, task_id: str, fence: int, owner: str, status: Status) -> bool:
+        return bool(
+            self._call(
+                "park",
+                task_id,
+                lambda: self._park(
+                    keys=[self.record_key(task_id), self.owned_key(owner), self.released_key],
+                    args=[task_id, fence, status.value],
+                ),
+            )
+        )
+
+    # -- workers -----------------------------------------------------------
+
+    def register(self, worker_id: str, ttl: float) -> None:
+        host = worker_host(worker_id) + WORKER_ID_SEPARATOR
+        self._call(
+            "register worker",
+            None,
+            lambda: self._lease(keys=[self.workers_key], args=[worker_id, int(ttl * 1000), host]),
+        )
+
+    def heartbeat(self, worker_id: str, ttl: float) -> None:
+        self._call(
+            "renew the lease of",
+            None,
+            lambda: self._lease(keys=[self.workers_key], args=[worker_id, int(ttl * 1000), ""]),
+        )
+
+    def retire(self, worker_id: str) -> None:
+        self._call("retire", None, lambda: self.client.hset(self.workers_key, worker_id, 0))
+
+    def _lease_table(self) -> tuple[int, dict[str, int]]:
+        reply = self._call("read leases", None, lambda: self._leases(keys=[self.workers_key]))
+        now = int(reply[0])
+        table = {_text(k): int(v) for k, v in zip(reply[1::2], reply[2::2], strict=True)}
+        return now, table
+
+    def leases(self) -> dict[str, float]:
+        _, table = self._lease_table()
+        return {worker: expires / 1000 for worker, expires in table.items()}
+
+    def interrupted(self) -> list[Candidate]:
+        now, table = self._lease_table()
+
+        def read() -> tuple[list[str], list[str]]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.smembers(self.owners_key)
+            pipe.smembers(self.released_key)
+            owners, released = pipe.execute()
+            return sorted(_text(o) for o in owners), sorted(_text(r) for r in released)
+
+        owners, released = self._call("scan", None, read)
+        dead = [owner for owner in owners if table.get(owner, 0) <= now]
+        found = [Candidate(task_id, "") for task_id in released]
+        if not dead:
+            return found
+
+        def owned() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for owner in dead:
+                pipe.smembers(self.owned_key(owner))
+            return list(pipe.execute())
+
+        for owner, members in zip(dead, self._call("scan", None, owned), strict=True):
+            if not members:
+                self._call("forget worker", None, functools.partial(self._forget_owner, owner))
+            found.extend(Candidate(_text(task_id), owner) for task_id in sorted(members))
+        return found
+
+    def _forget_owner(self, owner: str) -> Any:
+        return self._forget(keys=[self.owned_key(owner), self.owners_key, self.workers_key], args=[owner])
+
+    def claim(self, task_id: str, expected_owner: str, claimer: str, max_resumes: int) -> Claim:
+        reply = self._call(
+            "claim",
+            task_id,
+            lambda: self._claim(
+                keys=[
+                    self.record_key(task_id),
+                    self.owned_key(expected_owner) if expected_owner else self.released_key,
+                    self.owned_key(claimer),
+                    self.released_key,
+                    self.owners_key,
+                    self.workers_key,
+                ],
+                args=[task_id, expected_owner, claimer, max_resumes],
+            ),
+        )
+        outcome = {0: ClaimOutcome.GONE, 1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.POISONED}[int(reply[0])]
+        if outcome is ClaimOutcome.GONE:
+            return Claim(outcome)
+        return Claim(outcome, _record(task_id, _pairs(reply[1:])))
+
+    # -- inspection --------------------------------------------------------
+
+    def get(self, task_id: str) -> CheckpointRecord | None:
+        fields = self._call("read", task_id, lambda: self.client.hgetall(self.record_key(task_id)))
+        if not fields:
+            return None
+        return _record(task_id, {_text(k): v for k, v in fields.items()})
+
+    def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:
+        structural = {self.workers_key, self.owners_key, self.released_key}
+        record_prefix = self.record_key("")
+        internal_prefixes = (self.owned_key(""), self.done_key(""))
+        keys = self._call(
+            "list",
+            None,
+            lambda: sorted(_text(k) for k in self.client.scan_iter(match=self.prefix + "*", count=1000)),
+        )
+        for key in keys:
+            if key in structural or key.startswith(internal_prefixes):
+                continue
+            if not key.startswith(record_prefix):
+                yield CorruptEntry(key, "foreign key under the checkpoint prefix")
+                continue
+            task_id = key[len(record_prefix) :]
+            try:
+                record = self.get(task_id)
+            except CorruptCheckpoint as exc:
+                yield CorruptEntry(key, str(exc))
+            except CheckpointStoreError as exc:
+                if isinstance(exc.__cause__, redis.ResponseError):
+                    yield CorruptEntry(key, f"not a checkpoint hash: {exc.__cause__}")
+                    continue
+                raise
+            else:
+                if record is not None:
+                    yield record
+
+    def delete(self, task_id: str) -> bool:
+        for _ in range(3):
+            owner = self._call("read", task_id, lambda: self.client.hget(self.record_key(task_id), "owner"))
+            if owner is None:
+                return False
+            deleted = self._call(
+                "delete", task_id, functools.partial(self._delete_owned, task_id, _text(owner))
+            )
+            if int(deleted) >= 0:
+                return bool(deleted)
+        raise CheckpointStoreError(f"task {task_id}: checkpoint kept changing owner while deleting it")
+
+    def _delete_owned(self, task_id: str, owner: str) -> Any:
+        return self._delete(
+            keys=[self.record_key(task_id), self.owned_key(owner), self.released_key], args=[task_id, owner]
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> dict[str, Any]:
+    return {_text(k): v for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+
+
+def _record(task_id: str, fields: dict[str, Any]) -> CheckpointRecord:
+    missing = [name for name in REQUIRED_FIELDS if name not in fields]
+    if missing:
+        raise CorruptCheckpoint(f"task {task_id}: checkpoint hash lacks fields {missing}")
+    try:
+        progress = _text(fields.get("progress", b""))
+        return CheckpointRecord(
+            task_id=task_id,
+            task_name=_text(fields["name"]),
+            status=Status(_text(fields["status"])),
+            owner=_text(fields["owner"]),
+            pid=int(fields.get("pid") or 0),
+            fence=int(fields["fence"]),
+            saves=int(fields["saves"]),
+            resume_count=int(fields["resumes"]),
+            progress=float(progress) if progress else None,
+            saved_at=float(fields["saved_at"]),
+            created_at=float(fields["created_at"]),
+            state=EncodedState(
+                bytes(fields["state"]), _text(fields.get("ctype", b"")), _text(fields.get("cenc", b""))
+            ),
+            envelope=EncodedState(
+                bytes(fields.get("env", b"")),
+                _text(fields.get("ectype", b"")),
+                _text(fields.get("ecenc", b"")),
+            ),
+        )
+    except (ValueError, TypeError) as exc:
+        raise CorruptCheckpoint(f"task {task_id}: checkpoint hash is malformed: {exc}") from exc

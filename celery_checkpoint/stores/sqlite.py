@@ -1,0 +1,426 @@
+"""The embedded store: one SQLite file, safe across a worker's processes.
+
+WAL journal so readers never block the writer, a busy timeout so the pool
+children and the main process queue up instead of failing with "database is
+locked", and ``BEGIN IMMEDIATE`` around every read-then-write so two
+processes cannot both claim the same checkpoint. Each thread of each process
+opens its own connection (a connection must not cross ``fork``).
+
+Worker leases are stored with this host's wall clock, which is the same for
+every process that can open the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from ..errors import CheckpointStoreError
+from ..record import CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_host
+from .base import Candidate, Claim, ClaimOutcome, CorruptEntry, Peek
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    task_id TEXT PRIMARY KEY,
+    task_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    fence INTEGER NOT NULL,
+    saves INTEGER NOT NULL,
+    resume_count INTEGER NOT NULL,
+    progress REAL,
+    saved_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    state BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    content_encoding TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    envelope_type TEXT NOT NULL,
+    envelope_encoding TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_by_owner ON checkpoints (owner, status);
+CREATE INDEX IF NOT EXISTS checkpoints_by_status ON checkpoints (status);
+-- Every owner a checkpoint ever named; expires = 0 for one that never
+-- registered a lease, so the scan can find dead owners without reading
+-- the checkpoints of live ones.
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workers_by_expiry ON workers (expires);
+CREATE TABLE IF NOT EXISTS done (
+    task_id TEXT PRIMARY KEY,
+    expires REAL NOT NULL
+);
+"""
+
+COLUMNS = (
+    "task_id, task_name, status, owner, pid, fence, saves, resume_count, progress, saved_at, "
+    "created_at, state, content_type, content_encoding, envelope, envelope_type, envelope_encoding"
+)
+ACTIVE = (Status.RUNNING.value, Status.QUEUED.value)
+
+
+class SQLiteStore:
+    """Checkpoints in a SQLite database file (``sqlite:///path/to/file.db``)."""
+
+    busy_timeout_ms = 10_000
+
+    def __init__(self, path: str, *, url: str | None = None, done_ttl: float = 86400.0) -> None:
+        self.path = path
+        self.url = url or f"sqlite:///{path}"
+        self.done_ttl = done_ttl
+        self._local = threading.local()
+        self._lock: AbstractContextManager[Any] = nullcontext()
+        self._prepare()
+        with self._errors("open"):
+            self._connection().executescript(SCHEMA)
+
+    # -- connections -------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Hook for subclasses that must set up before the schema is created."""
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=self.path.startswith("file:"),
+        )
+        conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        if not self.path.startswith("file:"):
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = self._connect()
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _errors(self, op: str, task_id: str | None = None) -> Iterator[None]:
+        try:
+            with self._lock:
+                yield
+        except sqlite3.Error as exc:
+            subject = f"task {task_id}: " if task_id else ""
+            raise CheckpointStoreError(f"{subject}checkpoint store {self.url} failed to {op}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, op: str, task_id: str | None = None) -> Iterator[sqlite3.Connection]:
+        with self._errors(op, task_id):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    # -- runs --------------------------------------------------------------
+
+    def peek(self, task_id: str) -> Peek:
+        with self._errors("read", task_id):
+            conn = self._connection()
+            now = time.time()
+            row = conn.execute(
+                "SELECT c.status, c.owner, c.pid, c.fence, w.expires FROM checkpoints c "
+                "LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
+                (task_id,),
+            ).fetchone()
+            if row is None:
+                done = conn.execute(
+                    "SELECT 1 FROM done WHERE task_id = ? AND expires > ?", (task_id, now)
+                ).fetchone()
+                return Peek(exists=False, done=done is not None)
+            status, owner, pid, fence, expires = row
+            return Peek(
+                exists=True,
+                done=False,
+                status=_status(status),
+                owner=owner,
+                pid=pid,
+                fence=fence,
+                owner_alive=expires is not None and expires > now,
+            )
+
+    def takeover(
+        self, task_id: str, expected_fence: int, expected_owner: str, owner: str, pid: int
+    ) -> CheckpointRecord | None:
+        with self._transaction("take over", task_id) as conn:
+            cur = conn.execute(
+                "UPDATE checkpoints SET owner = ?, pid = ?, status = ?, fence = fence + 1 "
+                "WHERE task_id = ? AND fence = ?",
+                (owner, pid, Status.RUNNING.value, task_id, expected_fence),
+            )
+            if cur.rowcount != 1:
+                return None
+            _remember_owner(conn, owner)
+            row = conn.execute(f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,)).fetchone()
+        return _record(row)
+
+    def create(self, task_id: str, new: NewCheckpoint) -> int | None:
+        with self._transaction("save", task_id) as conn:
+            cur = conn.execute(
+                f"INSERT OR IGNORE INTO checkpoints ({COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task_id,
+                    new.task_name,
+                    Status.RUNNING.value,
+                    new.owner,
+                    new.pid,
+                    new.progress,
+                    new.saved_at,
+                    new.saved_at,
+                    new.state.payload,
+                    new.state.content_type,
+                    new.state.content_encoding,
+                    new.envelope.payload,
+                    new.envelope.content_type,
+                    new.envelope.content_encoding,
+                ),
+            )
+            if cur.rowcount != 1:
+                return None
+            _remember_owner(conn, new.owner)
+        return 1
+
+    def update(
+        self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float
+    ) -> int | None:
+        with self._errors("save", task_id):
+            row = (
+                self._connection()
+                .execute(
+                    "UPDATE checkpoints SET state = ?, content_type = ?, content_encoding = ?, "
+                    "progress = ?, saved_at = ?, saves = saves + 1 "
+                    "WHERE task_id = ? AND fence = ? RETURNING saves",
+                    (
+                        state.payload,
+                        state.content_type,
+                        state.content_encoding,
+                        progress,
+                        saved_at,
+                        task_id,
+                        fence,
+                    ),
+                )
+                .fetchone()
+            )
+        return None if row is None else int(row[0])
+
+    def finish(self, task_id: str, fence: int, owner: str) -> bool:
+        with self._transaction("delete", task_id) as conn:
+            cur = conn.execute("DELETE FROM checkpoints WHERE task_id = ? AND fence = ?", (task_id, fence))
+            if cur.rowcount != 1:
+                return False
+            now = time.time()
+            conn.execute(
+                "INSERT OR REPLACE INTO done (task_id, expires) VALUES (?, ?)",
+                (task_id, now + self.done_ttl),
+            )
+            conn.execute("DELETE FROM done WHERE expires <= ?", (now,))
+        return True
+
+    def park(self, task_id: str, fence: int, owner: str, status: Status) -> bool:
+        with self._errors("park", task_id):
+            cur = self._connection().execute(
+                "UPDATE checkpoints SET status = ?, owner = '', pid = 0, fence = fence + 1 "
+                "WHERE task_id = ? AND fence = ?",
+                (status.value, task_id, fence),
+            )
+        return cur.rowcount == 1
+
+    # -- workers -----------------------------------------------------------
+
+    def register(self, worker_id: str, ttl: float) -> None:
+        host = worker_host(worker_id)
+        with self._transaction("register worker") as conn:
+            conn.execute(
+                "UPDATE workers SET expires = 0 WHERE host = ? AND worker_id != ?", (host, worker_id)
+            )
+            _upsert_lease(conn, worker_id, time.time() + ttl)
+
+    def heartbeat(self, worker_id: str, ttl: float) -> None:
+        with self._errors("renew the lease of"):
+            _upsert_lease(self._connection(), worker_id, time.time() + ttl)
+
+    def retire(self, worker_id: str) -> None:
+        with self._errors("retire"):
+            self._connection().execute("UPDATE workers SET expires = 0 WHERE worker_id = ?", (worker_id,))
+
+    def leases(self) -> dict[str, float]:
+        with self._errors("read leases"):
+            rows = self._connection().execute("SELECT worker_id, expires FROM workers").fetchall()
+        return {worker: expires for worker, expires in rows}
+
+    def interrupted(self) -> list[Candidate]:
+        now = time.time()
+        with self._transaction("scan") as conn:
+            dead = [w for (w,) in conn.execute("SELECT worker_id FROM workers WHERE expires <= ?", (now,))]
+            found: list[Candidate] = []
+            for owner in dead:
+                rows = conn.execute(
+                    "SELECT task_id FROM checkpoints WHERE owner = ? AND status IN (?, ?)",
+                    (owner, *ACTIVE),
+                ).fetchall()
+                found.extend(Candidate(task_id, owner) for (task_id,) in rows)
+                if (
+                    not rows
+                    and not conn.execute(
+                        "SELECT 1 FROM checkpoints WHERE owner = ? LIMIT 1", (owner,)
+                    ).fetchone()
+                ):
+                    conn.execute("DELETE FROM workers WHERE worker_id = ?", (owner,))
+            released = conn.execute(
+                "SELECT task_id, owner FROM checkpoints WHERE status = ?", (Status.RELEASED.value,)
+            ).fetchall()
+            found.extend(Candidate(task_id, owner) for task_id, owner in released)
+        return found
+
+    def claim(self, task_id: str, expected_owner: str, claimer: str, max_resumes: int) -> Claim:
+        now = time.time()
+        with self._transaction("claim", task_id) as conn:
+            row = conn.execute(
+                "SELECT c.status, c.owner, c.resume_count, w.expires FROM checkpoints c "
+                "LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
+                (task_id,),
+            ).fetchone()
+            if row is None:
+                return Claim(ClaimOutcome.GONE)
+            status, owner, resume_count, expires = row
+            owner_alive = expires is not None and expires > now
+            claimable = status == Status.RELEASED.value or (
+                # a worker may always claim its own runs: it knows when one was lost
+                status in ACTIVE and owner == expected_owner and (owner == claimer or not owner_alive)
+            )
+            if not claimable:
+                return Claim(ClaimOutcome.GONE)
+            if resume_count >= max_resumes:
+                conn.execute(
+                    "UPDATE checkpoints SET status = ?, fence = fence + 1 WHERE task_id = ?",
+                    (Status.POISONED.value, task_id),
+                )
+                outcome = ClaimOutcome.POISONED
+            else:
+                conn.execute(
+                    "UPDATE checkpoints SET status = ?, owner = ?, pid = 0, fence = fence + 1, "
+                    "resume_count = resume_count + 1 WHERE task_id = ?",
+                    (Status.QUEUED.value, claimer, task_id),
+                )
+                _remember_owner(conn, claimer)
+                outcome = ClaimOutcome.CLAIMED
+            record = conn.execute(
+                f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,)
+            ).fetchone()
+        return Claim(outcome, _record(record))
+
+    # -- inspection --------------------------------------------------------
+
+    def get(self, task_id: str) -> CheckpointRecord | None:
+        with self._errors("read", task_id):
+            row = (
+                self._connection()
+                .execute(f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,))
+                .fetchone()
+            )
+        return None if row is None else _record(row)
+
+    def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:
+        with self._errors("list"):
+            rows = (
+                self._connection()
+                .execute(f"SELECT {COLUMNS} FROM checkpoints ORDER BY created_at")
+                .fetchall()
+            )
+        for row in rows:
+            try:
+                yield _record(row)
+            except (ValueError, TypeError) as exc:
+                yield CorruptEntry(str(row[0]), str(exc))
+
+    def delete(self, task_id: str) -> bool:
+        with self._errors("delete", task_id):
+            cur = self._connection().execute("DELETE FROM checkpoints WHERE task_id = ?", (task_id,))
+        return cur.rowcount == 1
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local = threading.local()
+
+
+def _remember_owner(conn: sqlite3.Connection, owner: str) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO workers (worker_id, host, expires) VALUES (?, ?, 0)",
+        (owner, worker_host(owner)),
+    )
+
+
+def _upsert_lease(conn: sqlite3.Connection, worker_id: str, expires: float) -> None:
+    conn.execute(
+        "INSERT INTO workers (worker_id, host, expires) VALUES (?, ?, ?) "
+        "ON CONFLICT (worker_id) DO UPDATE SET expires = excluded.expires",
+        (worker_id, worker_host(worker_id), expires),
+    )
+
+
+def _status(value: Any) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        raise ValueError(f"unknown checkpoint status {value!r}") from None
+
+
+def _record(row: Any) -> CheckpointRecord:
+    (
+        task_id,
+        task_name,
+        status,
+        owner,
+        pid,
+        fence,
+        saves,
+        resume_count,
+        progress,
+        saved_at,
+        created_at,
+        state,
+        content_type,
+        content_encoding,
+        envelope,
+        envelope_type,
+        envelope_encoding,
+    ) = row
+    return CheckpointRecord(
+        task_id=task_id,
+        task_name=task_name,
+        status=_status(status),
+        owner=owner,
+        pid=int(pid),
+        fence=int(fence),
+        saves=int(saves),
+        resume_count=int(resume_count),
+        progress=None if progress is None else float(progress),
+        saved_at=float(saved_at),
+        created_at=float(created_at),
+        state=EncodedState(bytes(state), content_type, content_encoding),
+        envelope=EncodedState(bytes(envelope), envelope_type, envelope_encoding),
+    )

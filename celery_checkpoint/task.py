@@ -1,0 +1,198 @@
+"""``CheckpointTask``: the Celery task base class that gives a body its checkpointer.
+
+The task's own handlers decide the checkpoint's fate, after Celery stored the
+outcome: ``on_success`` and a terminal ``on_failure`` delete it, ``on_retry``
+keeps it for the retried run. A run that never reaches a handler (the process
+was killed) keeps it for the resume scan. In the worker's main process,
+:class:`CheckpointRequest` turns a lost pool child into a prompt resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from celery import Task
+from celery.exceptions import Ignore, Reject
+from celery.worker.request import Request
+
+from .checkpointer import Checkpointer, NullCheckpointer
+from .config import CheckpointConfig
+from .envelope import envelope_from_request
+from .errors import CheckpointError
+from .events import send_checkpoint_event
+from .record import accepted_content_types, warn_if_unsafe
+from .runtime import current_worker_id
+from .stores import CheckpointStore, open_store
+
+logger = logging.getLogger(__name__)
+
+#: The keyword argument a task body receives its checkpointer by.
+CHECKPOINT_ARG = "checkpoint"
+
+AnyCheckpointer = Checkpointer | NullCheckpointer
+
+
+class CheckpointRequest(Request):  # type: ignore[misc]
+    """Celery's request, plus what a checkpointed task needs in the main process.
+
+    A pool child killed mid-run (the OOM killer's usual victim) is reported
+    here as ``WorkerLostError``. Before Celery requeues the message, the
+    checkpoint is claimed by this (living) worker, so the requeued delivery
+    takes it over at once instead of waiting for a lease that will never
+    expire. A hard time limit, or a lost child whose message is not
+    requeued, is a terminal failure: the checkpoint is deleted.
+    """
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        from .worker import on_run_lost  # the worker module imports this one
+
+        task: CheckpointTask = self.task
+        try:
+            on_run_lost(task, self, exc_info.exception)
+        except Exception:
+            logger.exception("task %s: could not update its checkpoint after the run was lost", self.id)
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+class CheckpointTask(Task):  # type: ignore[misc]
+    """Base class for tasks that save their progress and resume after a crash.
+
+    The body receives a ``checkpoint`` keyword argument (never sent in the
+    message) when its signature has a ``checkpoint`` parameter; otherwise it
+    reads ``self.checkpoint``.
+    """
+
+    #: Redelivered when the worker dies mid-run: a checkpointed task is meant
+    #: to survive the loss of its process.
+    acks_late = True
+    #: A lost pool child requeues the message instead of storing WorkerLostError.
+    reject_on_worker_lost = True
+    Request = "celery_checkpoint.task:CheckpointRequest"
+
+    #: Per-task overrides of the ``checkpoint_*`` settings (``None``: use app.conf).
+    checkpoint_store_url: str | None = None
+    checkpoint_throttle: float | None = None
+    checkpoint_serializer: str | None = None
+    checkpoint_max_state_bytes: int | None = None
+    checkpoint_max_resumes: int | None = None
+    checkpoint_on_store_error: str | None = None
+    checkpoint_events: bool | None = None
+
+    _takes_checkpoint_arg: ClassVar[bool] = False
+    _checkpoint_config_cache: CheckpointConfig | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is None:
+            return
+        function = run.__func__ if isinstance(run, staticmethod) else run
+        cls._takes_checkpoint_arg = CHECKPOINT_ARG in inspect.signature(function).parameters
+        header = cls.__dict__.get("__header__")
+        if cls._takes_checkpoint_arg and header is not None:
+            check = header.__func__ if isinstance(header, staticmethod) else header
+            cls.__header__ = staticmethod(_header_without_checkpoint(check))
+
+    # -- configuration -------------------------------------------------------
+
+    @property
+    def checkpoint_config(self) -> CheckpointConfig:
+        """The settings in force for this task (app.conf + task options)."""
+        config = self._checkpoint_config_cache
+        if config is None:
+            config = CheckpointConfig.from_sources(self.app.conf, self)
+            warn_if_unsafe(config.serializer)
+            self._checkpoint_config_cache = config
+        return config
+
+    def checkpoint_store(self) -> CheckpointStore | None:
+        """This process's store for this task, or ``None`` when none is configured."""
+        config = self.checkpoint_config
+        if not config.store_url:
+            return None
+        return open_store(config.store_url, prefix=config.key_prefix, done_ttl=config.done_ttl)
+
+    # -- running -------------------------------------------------------------
+
+    @property
+    def checkpoint(self) -> AnyCheckpointer:
+        """The current run's checkpointer (a no-op one outside a run)."""
+        handle: AnyCheckpointer | None = getattr(self.request, "checkpoint", None)
+        return handle if handle is not None else NullCheckpointer()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly or request.id is None:
+            if self._takes_checkpoint_arg:
+                kwargs[CHECKPOINT_ARG] = NullCheckpointer()
+            return super().__call__(*args, **kwargs)
+        handle = self._open_checkpointer(request)
+        request.checkpoint = handle
+        if self._takes_checkpoint_arg:
+            kwargs[CHECKPOINT_ARG] = handle
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            handle.close()
+
+    def _open_checkpointer(self, request: Any) -> AnyCheckpointer:
+        store = self.checkpoint_store()
+        if store is None:
+            return NullCheckpointer()
+        config = self.checkpoint_config
+        return Checkpointer(
+            task_id=request.id,
+            task_name=self.name,
+            store=store,
+            owner=current_worker_id(request.hostname),
+            throttle=config.throttle,
+            serializer=config.serializer,
+            accept=accepted_content_types(config.serializer),
+            max_state_bytes=config.max_state_bytes,
+            on_store_error=config.on_store_error,
+            envelope=functools.partial(envelope_from_request, self, request),
+            on_persist=functools.partial(send_checkpoint_event, self, config.events),
+        )
+
+    # -- outcomes (called by Celery after it stored the outcome) --------------
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        self._settle(task_id, lambda handle: handle.complete())
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, (Ignore, Reject)):
+            return
+        self._settle(task_id, lambda handle: handle.fail(exc))
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        self._settle(task_id, lambda handle: handle.suspend())
+
+    def _settle(self, task_id: str, action: Callable[[AnyCheckpointer], None]) -> None:
+        handle = getattr(self.request, "checkpoint", None)
+        if handle is None:
+            return
+        try:
+            action(handle)
+        except CheckpointError:
+            # The outcome is already stored; a checkpoint left behind is
+            # reported by the CLI and removed by the next run or a purge.
+            logger.exception("task %s: could not settle its checkpoint", task_id)
+
+
+def _header_without_checkpoint(check: Callable[..., Any]) -> Callable[..., Any]:
+    """Celery's argument check, minus the injected ``checkpoint`` parameter."""
+
+    @functools.wraps(check)
+    def header(*args: Any, **kwargs: Any) -> Any:
+        if CHECKPOINT_ARG in kwargs:
+            raise TypeError(
+                f"{CHECKPOINT_ARG!r} is injected by CheckpointTask when the task runs; "
+                "do not pass it when calling the task"
+            )
+        return check(*args, **{CHECKPOINT_ARG: None}, **kwargs)
+
+    return header

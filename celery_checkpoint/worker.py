@@ -1,0 +1,206 @@
+"""The worker side: leases, the resume scan, and lost runs.
+
+All of it hangs on Celery's own worker signals and runs in the worker's main
+process:
+
+* ``celeryd_init`` names this start of the worker (node name + incarnation),
+  before the pool forks, so pool children inherit the same owner id.
+* ``worker_init`` registers the lease, which also ends the leases of earlier
+  starts under the same node name: their runs are over, so their
+  checkpoints are interrupted at once.
+* ``worker_ready`` starts the steward thread. It renews the lease every
+  third of ``checkpoint_lease_ttl`` and scans for interrupted checkpoints
+  right away and then every ``checkpoint_sweep_interval``. It is a thread,
+  not a timer on the worker's event loop, so store latency never stalls
+  message consumption (and a stalled event loop never lets the lease lapse).
+* ``task_revoked`` removes the checkpoint of a revoked task.
+* ``worker_shutdown`` stops the steward and ends the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
+from celery import signals
+from celery.worker import state as worker_state
+
+from .config import CheckpointConfig
+from .errors import CheckpointError
+from .resume import Resumer, mark_poisoned
+from .runtime import identity, start_worker_identity
+from .stores import CheckpointStore, ClaimOutcome, create_store
+
+logger = logging.getLogger(__name__)
+
+
+class Steward:
+    """Keeps this worker's lease alive and resumes what dead workers left."""
+
+    def __init__(self, app: Any, store: CheckpointStore, config: CheckpointConfig, worker_id: str) -> None:
+        self.app = app
+        self.store = store
+        self.config = config
+        self.worker_id = worker_id
+        self.resumer = Resumer(app, store, worker_id)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.registered = False
+        self.scans = 0
+
+    def register(self) -> None:
+        try:
+            self.store.register(self.worker_id, self.config.lease_ttl)
+            self.registered = True
+        except CheckpointError as exc:
+            logger.error("checkpoint lease not registered (will keep trying): %s", exc)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="celery-checkpoint-steward", daemon=True)
+            self._thread.start()
+
+    def stop(self, *, retire: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if retire:
+            try:
+                self.store.retire(self.worker_id)
+            except CheckpointError as exc:
+                logger.warning("checkpoint lease not ended on shutdown (it will expire): %s", exc)
+
+    def _run(self) -> None:
+        tick = min(self.config.lease_ttl / 3, self.config.sweep_interval)
+        next_scan = 0.0
+        while not self._stop.is_set():
+            self._renew()
+            if self.config.resume_on_start and time.monotonic() >= next_scan:
+                self.scan()
+                next_scan = time.monotonic() + self.config.sweep_interval
+            self._stop.wait(tick)
+
+    def _renew(self) -> None:
+        try:
+            if self.registered:
+                self.store.heartbeat(self.worker_id, self.config.lease_ttl)
+            else:
+                self.store.register(self.worker_id, self.config.lease_ttl)
+                self.registered = True
+        except CheckpointError as exc:
+            logger.warning("checkpoint lease not renewed: %s", exc)
+
+    def scan(self) -> None:
+        try:
+            report = self.resumer.scan(revoked=worker_state.revoked)
+        except CheckpointError as exc:
+            logger.warning("checkpoint resume scan failed, will retry: %s", exc)
+            return
+        self.scans += 1
+        if report.outcomes:
+            logger.info("checkpoint resume scan: %s", report.summary())
+
+
+_steward: Steward | None = None
+
+
+def current_steward() -> Steward | None:
+    return _steward
+
+
+def _name_this_start(sender: str | None = None, **_: Any) -> None:
+    if sender:
+        start_worker_identity(sender)
+
+
+def _start_lease(sender: Any = None, **_: Any) -> None:
+    global _steward
+    worker = sender
+    if not identity.worker_id:
+        start_worker_identity(worker.hostname)
+    identity.task_events = bool(getattr(worker, "task_events", False))
+    config = CheckpointConfig.from_sources(worker.app.conf)
+    if not config.store_url:
+        if any(_is_checkpoint_task(task) for task in worker.app.tasks.values()):
+            logger.warning(
+                "checkpoint_store_url is not set: checkpointed tasks run without checkpoints "
+                "and nothing will be resumed"
+            )
+        return
+    store = create_store(config.store_url, prefix=config.key_prefix, done_ttl=config.done_ttl)
+    _steward = Steward(worker.app, store, config, identity.worker_id)
+    _steward.register()
+    logger.info("checkpoints: store %s, worker id %s", store.url, identity.worker_id)
+
+
+def _start_steward(**_: Any) -> None:
+    if _steward is not None:
+        _steward.start()
+
+
+def _stop_steward(**_: Any) -> None:
+    global _steward
+    if _steward is not None:
+        _steward.stop()
+        _steward = None
+
+
+def _forget_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:
+    task = sender
+    if request is None or not _is_checkpoint_task(task):
+        return
+    store = task.checkpoint_store()
+    if store is None:
+        return
+    try:
+        if store.delete(request.id):
+            logger.info("task %s was revoked: its checkpoint is removed", request.id)
+    except CheckpointError as exc:
+        logger.error("task %s was revoked but its checkpoint could not be removed: %s", request.id, exc)
+
+
+def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
+    """Called in the main process when a run ended outside the task body."""
+    if isinstance(exc, ExceptionWithTraceback):
+        exc = exc.exc
+    store = task.checkpoint_store()
+    if store is None:
+        return
+    lost = isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt))
+    timed_out = isinstance(exc, TimeLimitExceeded)
+    if isinstance(exc, Terminated):
+        store.delete(request.id)  # revoke(terminate=True): revoked, not interrupted
+        return
+    if not (lost or timed_out):
+        return
+    requeued = task.acks_late and (
+        (task.reject_on_worker_lost and lost) or (timed_out and not task.acks_on_failure_or_timeout)
+    )
+    if requeued:
+        # Claim it for this living worker before Celery requeues the message,
+        # so the redelivery (on any worker) takes it over without waiting.
+        me = identity.worker_id
+        claim = store.claim(request.id, me, me, task.checkpoint_config.max_resumes)
+        if claim.outcome is ClaimOutcome.POISONED and claim.record is not None:
+            mark_poisoned(task, claim.record)
+        elif claim.outcome is ClaimOutcome.CLAIMED:
+            logger.warning("task %s: its process was lost; it resumes from its checkpoint", request.id)
+    elif not worker_state.should_terminate:
+        store.delete(request.id)  # a terminal failure stored by Celery
+
+
+signals.celeryd_init.connect(_name_this_start, weak=False)
+signals.worker_init.connect(_start_lease, weak=False)
+signals.worker_ready.connect(_start_steward, weak=False)
+signals.worker_shutdown.connect(_stop_steward, weak=False)
+signals.task_revoked.connect(_forget_revoked, weak=False)
+
+
+def _is_checkpoint_task(task: Any) -> bool:
+    from .task import CheckpointTask
+
+    return isinstance(task, CheckpointTask)

@@ -1,0 +1,80 @@
+"""The app the integration tests run in real workers, configured by CC_* variables.
+
+Tasks leave evidence on disk (under CC_FLAGS_DIR) so a test can see where a
+run started from, without relying on logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from celery import Celery
+
+from celery_checkpoint import CheckpointTask
+
+app = Celery(
+    "longtask",
+    broker=os.environ.get("CC_BROKER_URL", "redis://127.0.0.1:6379/15"),
+    backend=os.environ.get("CC_BACKEND_URL", "redis://127.0.0.1:6379/15"),
+)
+app.conf.update(
+    checkpoint_store_url=os.environ.get("CC_STORE_URL"),
+    checkpoint_throttle=float(os.environ.get("CC_THROTTLE", "0.2")),
+    checkpoint_lease_ttl=float(os.environ.get("CC_LEASE_TTL", "30")),
+    checkpoint_sweep_interval=float(os.environ.get("CC_SWEEP_INTERVAL", "10")),
+    checkpoint_max_resumes=int(os.environ.get("CC_MAX_RESUMES", "5")),
+    worker_prefetch_multiplier=1,
+    broker_transport_options={"visibility_timeout": float(os.environ.get("CC_VISIBILITY_TIMEOUT", "3600"))},
+    result_expires=3600,
+    task_track_started=True,
+)
+
+FLAGS = Path(os.environ.get("CC_FLAGS_DIR", "/tmp/celery-checkpoint-flags"))
+
+
+def note(task_id: str, event: str, **data: object) -> None:
+    """Append one line of evidence for a test to read."""
+    FLAGS.mkdir(parents=True, exist_ok=True)
+    with open(FLAGS / f"{task_id}.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": event, "pid": os.getpid(), **data}) + "\n")
+
+
+@app.task(base=CheckpointTask, bind=True)
+def count_to(self, n, step_seconds=0.05, checkpoint=None):
+    """Counts to n slowly, saving after every step; returns the sum 1..n."""
+    state = checkpoint.load() or {"i": 0, "total": 0}
+    note(self.request.id, "start", i=state["i"], resume_count=checkpoint.resume_count)
+    for i in range(state["i"], n):
+        time.sleep(step_seconds)
+        state = {"i": i + 1, "total": state["total"] + i + 1}
+        if checkpoint.save(state, progress=(i + 1) / n):
+            note(self.request.id, "saved", i=i + 1)
+    note(self.request.id, "done", i=n)
+    return state["total"]
+
+
+@app.task(base=CheckpointTask, bind=True, max_retries=3)
+def flaky(self, n, fail_at, checkpoint):
+    """Retries itself once at fail_at; the retried run must continue from there."""
+    state = checkpoint.load() or {"i": 0}
+    note(self.request.id, "start", i=state["i"], retries=self.request.retries)
+    for i in range(state["i"], n):
+        state = {"i": i + 1}
+        checkpoint.save(state, force=True)
+        if i + 1 == fail_at and self.request.retries == 0:
+            raise self.retry(countdown=0.1)
+    return state["i"]
+
+
+@app.task(base=CheckpointTask, bind=True)
+def explode(self, checkpoint):
+    checkpoint.save({"step": 1}, force=True)
+    raise ValueError("boom")
+
+
+@app.task
+def add_one(x):
+    return x + 1
