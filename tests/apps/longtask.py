@@ -78,3 +78,8 @@ def explode(self, checkpoint):
 @app.task
 def add_one(x):
     return x + 1
+
+
+@app.task
+def total(values):
+    return sum(values)

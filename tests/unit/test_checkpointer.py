@@ -1,0 +1,219 @@
+"""The per-run handle: throttle, errors, threads, serialization."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_checkpoint import (
+    CheckpointOwnershipLost,
+    CheckpointSerializationError,
+    CheckpointStateTooLarge,
+    CheckpointStoreError,
+    DuplicateRun,
+)
+from celery_checkpoint.checkpointer import Checkpointer
+from celery_checkpoint.record import accepted_content_types, worker_id
+from celery_checkpoint.stores import CheckpointStore, create_store
+from tests.harness import RedisServer, free_port
+
+OWNER = worker_id("w1@host", "aaaa")
+
+
+def make(store: CheckpointStore, throttle: float = 0.0, task_id: str = "t1", **kw: Any) -> Checkpointer:
+    options: dict[str, Any] = {
+        "task_id": task_id,
+        "task_name": "app.task",
+        "store": store,
+        "owner": OWNER,
+        "throttle": throttle,
+        "serializer": "json",
+        "accept": accepted_content_types("json"),
+        "max_state_bytes": 1024,
+        "envelope": lambda: {"args": [], "kwargs": {}, "options": {"task_id": task_id}},
+    }
+    options.update(kw)
+    return Checkpointer(**options)
+
+
+@pytest.fixture
+def store() -> CheckpointStore:
+    return create_store(f"memory://{uuid.uuid4().hex}")
+
+
+def test_first_run_loads_none_and_persists(store: CheckpointStore) -> None:
+    cp = make(store)
+    assert cp.load() is None
+    assert cp.save({"i": 1}) is True
+    assert cp.resume_count == 0 and cp.saves == 1
+    record = store.get("t1")
+    assert record is not None and record.state.payload == b'{"i": 1}'
+
+
+def test_throttle_skips_inside_window_and_force_overrides(store: CheckpointStore) -> None:
+    cp = make(store, throttle=60)
+    assert cp.save({"i": 1}) is True
+    assert cp.save({"i": 2}) is False
+    assert cp.saves == 1
+    assert cp.save({"i": 3}, force=True) is True
+    record = store.get("t1")
+    assert record is not None and record.state.payload == b'{"i": 3}'
+
+
+def test_throttle_zero_or_negative_persists_every_call(store: CheckpointStore) -> None:
+    for throttle in (0.0, -1.0):
+        cp = make(store, throttle=throttle, task_id=f"t{throttle}")
+        assert all(cp.save({"i": i}) for i in range(5))
+        assert cp.saves == 5
+
+
+def test_throttle_window_reopens(store: CheckpointStore) -> None:
+    cp = make(store, throttle=0.05)
+    assert cp.save({"i": 1})
+    assert not cp.save({"i": 2})
+    time.sleep(0.06)
+    assert cp.save({"i": 3})
+
+
+def test_a_resumed_run_loads_the_last_state_and_takes_over(store: CheckpointStore) -> None:
+    first = make(store)
+    first.save({"i": 7})
+    first.close()
+    claim = store.claim("t1", OWNER, worker_id("w2@h", "b"), 5)  # as the scan does
+    assert claim.record is not None
+    second = make(store, owner=worker_id("w3@h", "c"))
+    assert second.load() == {"i": 7}
+    assert second.resume_count == 1
+    with pytest.raises(CheckpointOwnershipLost):
+        first.save({"i": 8}, force=True)  # the stale run is fenced out
+    assert second.save({"i": 8})
+    record = store.get("t1")
+    assert record is not None and record.state.payload == b'{"i": 8}'
+
+
+def test_a_duplicate_delivery_while_the_owner_lives_is_dropped(store: CheckpointStore) -> None:
+    store.register(OWNER, 30)
+    first = make(store)
+    first.save({"i": 1})
+    other = make(store, owner=worker_id("w2@h", "b"))
+    with pytest.raises(DuplicateRun, match="alive"):
+        other.load()
+
+
+def test_a_late_delivery_after_success_is_dropped(store: CheckpointStore) -> None:
+    cp = make(store)
+    cp.save({"i": 1})
+    cp.complete()
+    assert store.get("t1") is None
+    late = make(store, owner=worker_id("w2@h", "b"))
+    with pytest.raises(DuplicateRun, match="already finished"):
+        late.load()
+
+
+def test_unserializable_state_names_the_type_and_saves_nothing(store: CheckpointStore) -> None:
+    cp = make(store)
+
+    class Widget:
+        pass
+
+    with pytest.raises(CheckpointSerializationError, match="Widget"):
+        cp.save({"w": Widget()})
+    assert store.get("t1") is None
+    assert cp.save({"i": 1}), "a bad state must not throttle the next save"
+
+
+def test_json_round_trips_datetimes(store: CheckpointStore) -> None:
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    make(store).save({"when": when})
+    assert make(store, owner=worker_id("w9@h", "z")).load() == {"when": when}
+
+
+def test_oversized_state_is_refused(store: CheckpointStore) -> None:
+    cp = make(store, max_state_bytes=100)
+    with pytest.raises(CheckpointStateTooLarge, match="checkpoint_max_state_bytes=100"):
+        cp.save({"blob": "x" * 200})
+    assert store.get("t1") is None
+
+
+def test_pickle_is_refused_unless_opted_in(store: CheckpointStore) -> None:
+    make(store, serializer="pickle", accept=accepted_content_types("pickle")).save({"i": {1, 2}})
+    reader = make(store, owner=worker_id("w2@h", "b"))
+    with pytest.raises(Exception, match="not accepted"):
+        reader.load()
+
+
+def test_concurrent_saves_from_threads_keep_a_consistent_record(store: CheckpointStore) -> None:
+    cp = make(store, throttle=0.0)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(50):
+                cp.save({"thread": n, "i": i})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    record = store.get("t1")
+    assert record is not None and record.saves == 200 == cp.saves
+    assert make(store, owner=worker_id("w2@h", "b")).load()["i"] in range(50)
+
+
+def test_clock_never_moves_backwards_under_threads(store: CheckpointStore) -> None:
+    cp = make(store, throttle=10.0)
+    barrier = threading.Barrier(6)
+    results: list[bool] = []
+
+    def work() -> None:
+        barrier.wait()
+        results.append(cp.save({"x": 1}))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1, "one persist opens the window; the others are throttled"
+
+
+def test_store_down_raises_naming_task_and_store_and_does_not_throttle(tmp_path: Path) -> None:
+    port = free_port()
+    store = create_store(f"redis://127.0.0.1:{port}/0")
+    cp = make(store, throttle=60.0)
+    with pytest.raises(CheckpointStoreError) as info:
+        cp.save({"i": 1})
+    assert "t1" in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
+    server = RedisServer(tmp_path / "redis", port=port).start()
+    try:
+        assert cp.save({"i": 2}) is True, "the failed save must not have advanced the clock"
+        assert cp.save({"i": 3}) is False
+    finally:
+        server.stop()
+
+
+def test_store_errors_can_be_downgraded_to_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    store = create_store(f"redis://127.0.0.1:{free_port()}/0")
+    cp = make(store, throttle=60.0, on_store_error="warn")
+    assert cp.save({"i": 1}) is False
+    assert "will retry on the next save" in caplog.text
+
+
+def test_persist_callback_runs_only_on_persisted_saves(store: CheckpointStore) -> None:
+    seen: list[int] = []
+    callback: Callable[[Checkpointer], None] = lambda handle: seen.append(handle.saves)  # noqa: E731
+    cp = make(store, throttle=60.0, on_persist=callback)
+    cp.save({"i": 1})
+    cp.save({"i": 2})
+    assert seen == [1]

@@ -1,0 +1,161 @@
+"""One contract, three stores: every backend must behave the same."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker_id
+from celery_checkpoint.stores import CheckpointStore, ClaimOutcome, CorruptEntry, create_store
+from tests.harness import RedisServer
+
+
+def _state(payload: bytes) -> EncodedState:
+    return EncodedState(payload, "application/json", "utf-8")
+
+
+def _new(owner: str, payload: bytes = b'{"i": 1}', name: str = "app.task") -> NewCheckpoint:
+    return NewCheckpoint(name, owner, 4242, _state(payload), _state(b'{"args": []}'), 0.5, time.time())
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
+    if request.param == "memory":
+        s = create_store("memory://contract")
+    elif request.param == "sqlite":
+        s = create_store(f"sqlite:///{tmp_path}/checkpoints.db")
+    else:
+        server: RedisServer = request.getfixturevalue("private_redis")
+        s = create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
+    yield s
+    s.close()
+
+
+W1 = worker_id("w1@host", "aaaa")
+W2 = worker_id("w2@host", "bbbb")
+
+
+def test_create_then_update_is_fenced(store: CheckpointStore) -> None:
+    assert store.create("t1", _new(W1)) == 1
+    assert store.create("t1", _new(W2)) is None, "a second create must not overwrite"
+    assert store.update("t1", 1, _state(b'{"i": 2}'), 0.6, time.time()) == 2
+    assert store.update("t1", 99, _state(b'{"i": 3}'), 0.7, time.time()) is None
+    record = store.get("t1")
+    assert record is not None
+    assert record.state.payload == b'{"i": 2}'
+    assert record.saves == 2 and record.progress == 0.6
+    assert record.owner == W1 and record.status is Status.RUNNING
+
+
+def test_peek_reports_owner_liveness_and_done_marker(store: CheckpointStore) -> None:
+    assert not store.peek("t1").exists
+    store.register(W1, 30)
+    store.create("t1", _new(W1))
+    peek = store.peek("t1")
+    assert peek.exists and peek.owner == W1 and peek.owner_alive and peek.fence == 1
+    store.retire(W1)
+    assert not store.peek("t1").owner_alive
+    assert store.finish("t1", 1, W1)
+    gone = store.peek("t1")
+    assert not gone.exists and gone.done
+
+
+def test_finish_with_stale_fence_keeps_the_newer_run(store: CheckpointStore) -> None:
+    store.create("t1", _new(W1))
+    taken = store.takeover("t1", 1, W1, W2, 1)
+    assert taken is not None and taken.fence == 2 and taken.owner == W2
+    assert not store.finish("t1", 1, W1)
+    assert store.get("t1") is not None
+    assert store.takeover("t1", 1, W1, W2, 1) is None, "takeover must compare the fence"
+
+
+def test_interrupted_lists_only_dead_owners_and_released(store: CheckpointStore) -> None:
+    store.register(W1, 30)
+    store.register(W2, 30)
+    store.create("live", _new(W1))
+    store.create("dead", _new(W2))
+    store.create("handoff", _new(W1))
+    assert store.park("handoff", 1, W1, Status.RELEASED)
+    store.retire(W2)
+    found = {(c.task_id, c.owner) for c in store.interrupted()}
+    assert ("dead", W2) in found
+    assert "handoff" in {t for t, _ in found}
+    assert "live" not in {t for t, _ in found}
+
+
+def test_restart_under_same_node_name_ends_old_lease(store: CheckpointStore) -> None:
+    old = worker_id("w1@host", "old")
+    new = worker_id("w1@host", "new")
+    store.register(old, 30)
+    store.create("t1", _new(old))
+    store.register(new, 30)
+    assert [c.task_id for c in store.interrupted()] == ["t1"]
+
+
+def test_claim_is_exactly_once_under_contention(store: CheckpointStore) -> None:
+    store.create("t1", _new(W2))  # W2 never registered a lease: dead
+    outcomes: list[ClaimOutcome] = []
+    barrier = threading.Barrier(8)
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        outcomes.append(store.claim("t1", W2, worker_id(f"c{n}@h", "x"), 5).outcome)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count(ClaimOutcome.CLAIMED) == 1
+    assert outcomes.count(ClaimOutcome.GONE) == 7
+    record = store.get("t1")
+    assert record is not None and record.resume_count == 1 and record.status is Status.QUEUED
+
+
+def test_claim_refuses_a_live_owner_but_not_its_own(store: CheckpointStore) -> None:
+    store.register(W1, 30)
+    store.create("t1", _new(W1))
+    assert store.claim("t1", W1, W2, 5).outcome is ClaimOutcome.GONE
+    assert store.claim("t1", W1, W1, 5).outcome is ClaimOutcome.CLAIMED
+
+
+def test_claim_poisons_after_max_resumes(store: CheckpointStore) -> None:
+    store.create("t1", _new(W2))
+    first = store.claim("t1", W2, W1, 1)
+    assert first.outcome is ClaimOutcome.CLAIMED
+    assert first.record is not None
+    taken = store.takeover("t1", first.record.fence, W1, W2, 7)
+    assert taken is not None
+    poisoned = store.claim("t1", W2, W1, 1)
+    assert poisoned.outcome is ClaimOutcome.POISONED
+    record = store.get("t1")
+    assert record is not None and record.status is Status.POISONED
+    assert "t1" not in {c.task_id for c in store.interrupted()}
+
+
+def test_park_waiting_is_not_resumed_by_scans(store: CheckpointStore) -> None:
+    store.create("t1", _new(W2))
+    assert store.park("t1", 1, W2, Status.WAITING)
+    assert store.interrupted() == []
+    peek = store.peek("t1")
+    assert peek.status is Status.WAITING and peek.owner == ""
+
+
+def test_delete_and_scan(store: CheckpointStore) -> None:
+    store.create("a", _new(W1))
+    store.create("b", _new(W1))
+    assert {r.task_id for r in store.scan() if not isinstance(r, CorruptEntry)} == {"a", "b"}
+    assert store.delete("a")
+    assert not store.delete("a")
+    assert store.get("a") is None
+
+
+def test_leases(store: CheckpointStore) -> None:
+    store.register(W1, 30)
+    leases = store.leases()
+    assert leases[W1] > time.time() + 20
