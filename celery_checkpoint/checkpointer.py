@@ -91,6 +91,7 @@ class Checkpointer:
         on_store_error: str = "raise",
         envelope: Callable[[], Any] = lambda: {},
         on_persist: Callable[[Checkpointer], None] | None = None,
+        handed_fence: int = 0,
     ) -> None:
         self.task_id = task_id
         self.task_name = task_name
@@ -104,6 +105,7 @@ class Checkpointer:
         self.on_store_error = on_store_error
         self._envelope = envelope
         self._on_persist = on_persist
+        self._handed_fence = handed_fence
         #: How many times this task was resumed after an interruption (0 on a first run).
         self.resume_count = 0
         #: Persisted saves of this task id so far, across resumes.
@@ -124,12 +126,23 @@ class Checkpointer:
     # -- the body's API ----------------------------------------------------
 
     def load(self) -> Any:
-        """The last persisted state of this task id, or ``None`` on a first run."""
+        """The last persisted state of this task id, or ``None`` on a first run.
+
+        An entry that cannot be decoded, or is larger than
+        ``checkpoint_max_state_bytes``, raises
+        :class:`~celery_checkpoint.errors.CorruptCheckpoint`; the task then
+        fails and the entry is kept (``poisoned``) for inspection.
+        """
         with self._lock:
             self._begin()
             latest = self._latest
         if latest is None:
             return None
+        if len(latest.payload) > self.max_state_bytes:
+            raise CorruptCheckpoint(
+                f"task {self.task_id}: stored checkpoint is {len(latest.payload)} bytes, over "
+                f"checkpoint_max_state_bytes={self.max_state_bytes}; not loaded"
+            )
         return decode(latest, self.accept, task_id=self.task_id)
 
     def save(self, state: Any, *, progress: float | None = None, force: bool = False) -> bool:
@@ -208,6 +221,20 @@ class Checkpointer:
             )
         return saves
 
+    @property
+    def fence(self) -> int:
+        """This run's fencing token (0 until it owns a checkpoint)."""
+        return self._fence
+
+    def begin(self) -> None:
+        """Settle ownership now, before the body runs (for suspect deliveries).
+
+        Raises :class:`~celery_checkpoint.errors.DuplicateRun` when another
+        run of this task id is alive or the task already finished.
+        """
+        with self._lock:
+            self._begin()
+
     def _begin(self) -> None:
         """Take ownership of an existing checkpoint, or learn there is none."""
         if self._begun:
@@ -219,7 +246,9 @@ class Checkpointer:
                     raise DuplicateRun(f"task {self.task_id} already finished; dropping this late delivery")
                 self._begun = True
                 return
-            decision = decide(peek, self.owner, self.pid, runs_in_process.count(self.task_id))
+            decision = decide(
+                peek, self.owner, self.pid, runs_in_process.count(self.task_id), self._handed_fence
+            )
             if decision is not Decision.TAKE:
                 raise DuplicateRun(f"task {self.task_id}: {decision.value}; dropping this delivery")
             record = self.store.takeover(self.task_id, peek.fence, peek.owner, self.owner, self.pid)

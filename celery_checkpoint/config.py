@@ -20,7 +20,8 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_sweep_interval": 10.0,
     "checkpoint_max_resumes": 5,
     "checkpoint_done_ttl": 24 * 3600.0,
-    "checkpoint_on_store_error": "raise",
+    "checkpoint_on_store_error": "retry",
+    "checkpoint_store_retry_delay": 5.0,
     "checkpoint_events": None,
     "checkpoint_resume_on_start": True,
 }
@@ -40,6 +41,7 @@ class CheckpointConfig:
     max_resumes: int
     done_ttl: float
     on_store_error: str
+    store_retry_delay: float
     events: bool | None
     resume_on_start: bool
 
@@ -58,9 +60,10 @@ class CheckpointConfig:
         return config
 
     def validate(self) -> None:
-        if self.on_store_error not in ("raise", "warn"):
+        if self.on_store_error not in ("retry", "raise", "warn"):
             raise ValueError(
-                f"checkpoint_on_store_error must be 'raise' or 'warn', not {self.on_store_error!r}"
+                "checkpoint_on_store_error must be 'retry', 'raise' or 'warn', "
+                f"not {self.on_store_error!r}"
             )
         if self.lease_ttl <= 0:
             raise ValueError("checkpoint_lease_ttl must be > 0")

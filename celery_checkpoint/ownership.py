@@ -23,11 +23,16 @@ class Decision(str, enum.Enum):
     POISONED = "the checkpoint is poisoned (resumed too many times) and kept for inspection"
 
 
-def decide(peek: Peek, me: str, pid: int, runs_here: int) -> Decision:
-    """Decide from one consistent ``peek``; the takeover then fences on it."""
+def decide(peek: Peek, me: str, pid: int, runs_here: int, handed_fence: int = 0) -> Decision:
+    """Decide from one consistent ``peek``; the takeover then fences on it.
+
+    ``handed_fence`` is the fence a previous run put in the message it sent
+    for this one (``self.retry``): if the checkpoint still carries it, that
+    run ended by sending this delivery, whatever its process does now.
+    """
     if peek.status is Status.POISONED:
         return Decision.POISONED
-    if peek.status is not Status.RUNNING:
+    if peek.status is not Status.RUNNING or (handed_fence and peek.fence == handed_fence):
         return Decision.TAKE
     if peek.owner != me:
         return Decision.BUSY if peek.owner_alive else Decision.TAKE

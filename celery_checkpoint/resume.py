@@ -61,9 +61,14 @@ class Resumer:
         self._reported: set[tuple[str, str]] = set()
 
     def scan(self, revoked: Container[str] = ()) -> ScanReport:
+        """Resume every interrupted checkpoint; one bad entry never stops the rest."""
         report = ScanReport()
         for candidate in self.store.interrupted():
-            report.outcomes[candidate.task_id] = self.resume(candidate, revoked)
+            try:
+                report.outcomes[candidate.task_id] = self.resume(candidate, revoked)
+            except CheckpointStoreError as exc:
+                logger.warning("task %s: not resumed this time: %s", candidate.task_id, exc)
+                report.outcomes[candidate.task_id] = Outcome.FAILED
         return report
 
     def resume(self, candidate: Candidate, revoked: Container[str] = ()) -> Outcome:
@@ -81,6 +86,12 @@ class Resumer:
         task, problem = self._task_for(record)
         if task is None:
             return self._bad(task_id, problem)
+        limit = task.checkpoint_config.max_state_bytes
+        if len(record.state.payload) > limit:
+            return self._bad(
+                task_id,
+                f"its state is {len(record.state.payload)} bytes, over checkpoint_max_state_bytes={limit}",
+            )
         try:
             envelope = parse_envelope(
                 decode(
@@ -156,4 +167,4 @@ def mark_poisoned(task: Any, record: CheckpointRecord) -> None:
         logger.exception("task %s: could not store its FAILURE", record.task_id)
 
 
-__all__ = ["CheckpointPoisoned", "CheckpointStoreError", "Outcome", "Resumer", "ScanReport", "mark_poisoned"]
+__all__ = ["CheckpointPoisoned", "Outcome", "Resumer", "ScanReport", "mark_poisoned"]

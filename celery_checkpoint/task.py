@@ -22,7 +22,7 @@ from celery.worker.request import Request
 from .checkpointer import Checkpointer, NullCheckpointer
 from .config import CheckpointConfig
 from .envelope import envelope_from_request
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointStoreError, DuplicateRun
 from .events import send_checkpoint_event
 from .record import accepted_content_types, warn_if_unsafe
 from .runtime import current_worker_id
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: The keyword argument a task body receives its checkpointer by.
 CHECKPOINT_ARG = "checkpoint"
+#: Message header by which a run hands its checkpoint to the run it sent (retry).
+FENCE_HEADER = "checkpoint_fence"
 
 AnyCheckpointer = Checkpointer | NullCheckpointer
 
@@ -135,9 +137,48 @@ class CheckpointTask(Task):  # type: ignore[misc]
         if self._takes_checkpoint_arg:
             kwargs[CHECKPOINT_ARG] = handle
         try:
+            if isinstance(handle, Checkpointer) and _suspect_delivery(request):
+                # A redelivery or a retry may race a live run of the same id:
+                # settle ownership before the body has any side effect.
+                handle.begin()
             return self.run(*args, **kwargs)
+        except DuplicateRun as exc:
+            logger.warning("%s", exc)
+            raise
+        except CheckpointStoreError as exc:
+            if self.checkpoint_config.on_store_error != "retry" or request.is_eager:
+                raise
+            delay = self.checkpoint_config.store_retry_delay * 2 ** (request.retries or 0)
+            logger.warning("task %s: checkpoint store failed; retrying in %.1fs: %s", request.id, delay, exc)
+            raise self.retry(exc=exc, countdown=delay) from exc
         finally:
             handle.close()
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """Celery's retry, handing this run's checkpoint to the retried run.
+
+        The message carries this run's fence, so the retried delivery can
+        take the checkpoint over even if this run could not mark it
+        ``waiting`` (for instance because the store was down).
+        """
+        fence = getattr(getattr(self.request, "checkpoint", None), "fence", 0)
+        if fence:
+            options["headers"] = {
+                **(self.request.headers or {}),
+                **(options.get("headers") or {}),
+                FENCE_HEADER: fence,
+            }
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def _open_checkpointer(self, request: Any) -> AnyCheckpointer:
         store = self.checkpoint_store()
@@ -156,6 +197,7 @@ class CheckpointTask(Task):  # type: ignore[misc]
             on_store_error=config.on_store_error,
             envelope=functools.partial(envelope_from_request, self, request),
             on_persist=functools.partial(send_checkpoint_event, self, config.events),
+            handed_fence=int(getattr(request, FENCE_HEADER, None) or 0),
         )
 
     # -- outcomes (called by Celery after it stored the outcome) --------------
@@ -181,6 +223,16 @@ class CheckpointTask(Task):  # type: ignore[misc]
             # The outcome is already stored; a checkpoint left behind is
             # reported by the CLI and removed by the next run or a purge.
             logger.exception("task %s: could not settle its checkpoint", task_id)
+
+
+def _suspect_delivery(request: Any) -> bool:
+    """A delivery that may duplicate a live or finished run of its task id."""
+    delivery_info = request.delivery_info or {}
+    return bool(
+        delivery_info.get("redelivered")
+        or getattr(request, "redelivered", False)
+        or getattr(request, FENCE_HEADER, None)
+    )
 
 
 def _header_without_checkpoint(check: Callable[..., Any]) -> Callable[..., Any]:

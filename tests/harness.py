@@ -53,9 +53,11 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
 class RedisServer:
     """A redis-server of the test's own, on a free port."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        #: Keep data across a restart (an append-only file fsynced on every write).
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +79,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
                 "--logfile",
@@ -183,10 +187,14 @@ class Worker:
 class Cluster:
     """A private Redis plus any number of workers sharing it."""
 
-    def __init__(self, tmp: Path, app: str = "tests.apps.longtask", **settings: str) -> None:
+    def __init__(
+        self, tmp: Path, app: str = "tests.apps.longtask", separate_store: bool = False, **settings: str
+    ) -> None:
         self.tmp = tmp
         self.app = app
         self.redis = RedisServer(tmp / "redis")
+        #: The checkpoint store's own server, when a test must break it alone.
+        self.store_redis = RedisServer(tmp / "store-redis", persistent=True) if separate_store else self.redis
         self.settings = settings
         self.workers: list[Worker] = []
 
@@ -196,7 +204,7 @@ class Cluster:
             {
                 "CC_BROKER_URL": f"{self.redis.url}/0",
                 "CC_BACKEND_URL": f"{self.redis.url}/1",
-                "CC_STORE_URL": f"{self.redis.url}/2",
+                "CC_STORE_URL": f"{self.store_redis.url}/2",
                 "CC_FLAGS_DIR": str(self.tmp / "flags"),
                 "PYTHONPATH": str(ROOT),
             }
@@ -215,16 +223,19 @@ class Cluster:
     def stop(self) -> None:
         for worker in self.workers:
             if not worker.exited():
-                worker.kill()
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.proc.wait(10) if worker.proc else None
         self.redis.stop()
+        self.store_redis.stop()
 
 
 @contextmanager
-def cluster(tmp: Path, **settings: str) -> Iterator[Cluster]:
-    c = Cluster(tmp, **settings)
+def cluster(tmp: Path, separate_store: bool = False, **settings: str) -> Iterator[Cluster]:
+    c = Cluster(tmp, separate_store=separate_store, **settings)
     c.redis.start()
+    if separate_store:
+        c.store_redis.start()
     (tmp / "flags").mkdir(parents=True, exist_ok=True)
-    os.environ.update({k: v for k, v in c.env().items() if k.startswith("CC_")})
     try:
         yield c
     finally:

@@ -321,7 +321,14 @@ class RedisStore:
     # -- inspection --------------------------------------------------------
 
     def get(self, task_id: str) -> CheckpointRecord | None:
-        fields = self._call("read", task_id, lambda: self.client.hgetall(self.record_key(task_id)))
+        try:
+            fields = self._call("read", task_id, lambda: self.client.hgetall(self.record_key(task_id)))
+        except CheckpointStoreError as exc:
+            if isinstance(exc.__cause__, redis.ResponseError):  # WRONGTYPE: not a hash
+                raise CorruptCheckpoint(
+                    f"task {task_id}: {self.record_key(task_id)} is not a checkpoint hash"
+                ) from exc
+            raise
         if not fields:
             return None
         return _record(task_id, {_text(k): v for k, v in fields.items()})
@@ -346,11 +353,6 @@ class RedisStore:
                 record = self.get(task_id)
             except CorruptCheckpoint as exc:
                 yield CorruptEntry(key, str(exc))
-            except CheckpointStoreError as exc:
-                if isinstance(exc.__cause__, redis.ResponseError):
-                    yield CorruptEntry(key, f"not a checkpoint hash: {exc.__cause__}")
-                    continue
-                raise
             else:
                 if record is not None:
                     yield record

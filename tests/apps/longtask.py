@@ -13,7 +13,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from celery_checkpoint import CheckpointTask
+from celery_checkpoint import CheckpointOwnershipLost, CheckpointTask
 
 app = Celery(
     "longtask",
@@ -26,6 +26,8 @@ app.conf.update(
     checkpoint_lease_ttl=float(os.environ.get("CC_LEASE_TTL", "30")),
     checkpoint_sweep_interval=float(os.environ.get("CC_SWEEP_INTERVAL", "10")),
     checkpoint_max_resumes=int(os.environ.get("CC_MAX_RESUMES", "5")),
+    checkpoint_on_store_error=os.environ.get("CC_ON_STORE_ERROR", "retry"),
+    checkpoint_store_retry_delay=float(os.environ.get("CC_STORE_RETRY_DELAY", "1")),
     worker_prefetch_multiplier=1,
     broker_transport_options={"visibility_timeout": float(os.environ.get("CC_VISIBILITY_TIMEOUT", "3600"))},
     result_expires=3600,
@@ -50,8 +52,15 @@ def count_to(self, n, step_seconds=0.05, checkpoint=None):
     for i in range(state["i"], n):
         time.sleep(step_seconds)
         state = {"i": i + 1, "total": state["total"] + i + 1}
-        if checkpoint.save(state, progress=(i + 1) / n):
-            note(self.request.id, "saved", i=i + 1)
+        try:
+            if checkpoint.save(state, progress=(i + 1) / n):
+                note(self.request.id, "saved", i=i + 1)
+        except CheckpointOwnershipLost:
+            note(self.request.id, "lost", i=i + 1)
+            raise
+        except Exception as exc:
+            note(self.request.id, "save-error", i=i + 1, error=type(exc).__name__)
+            raise
     note(self.request.id, "done", i=n)
     return state["total"]
 
@@ -83,3 +92,12 @@ def add_one(x):
 @app.task
 def total(values):
     return sum(values)
+
+
+@app.task(base=CheckpointTask, bind=True)
+def doomed(self, checkpoint):
+    """Kills its own pool process on every run, as an OOM would: a poison task."""
+    state = checkpoint.load() or {"runs": 0}
+    note(self.request.id, "start", runs=state["runs"], resume_count=checkpoint.resume_count)
+    checkpoint.save({"runs": state["runs"] + 1}, force=True)
+    os.kill(os.getpid(), 9)
