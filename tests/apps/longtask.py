@@ -35,6 +35,7 @@ app.conf.update(
 )
 
 FLAGS = Path(os.environ.get("CC_FLAGS_DIR", "/tmp/celery-checkpoint-flags"))
+NOTE_STEPS = os.environ.get("CC_NOTE_STEPS") == "1"
 
 
 def note(task_id: str, event: str, **data: object) -> None:
@@ -52,6 +53,8 @@ def count_to(self, n, step_seconds=0.05, checkpoint=None):
     for i in range(state["i"], n):
         time.sleep(step_seconds)
         state = {"i": i + 1, "total": state["total"] + i + 1}
+        if NOTE_STEPS:
+            note(self.request.id, "step", i=i + 1)
         try:
             if checkpoint.save(state, progress=(i + 1) / n):
                 note(self.request.id, "saved", i=i + 1)
