@@ -17,6 +17,7 @@ from . import worker as _worker  # noqa: F401  (connects the worker signals)
 from .checkpointer import Checkpointer, NullCheckpointer
 from .errors import (
     CheckpointError,
+    CheckpointHandoff,
     CheckpointOwnershipLost,
     CheckpointSerializationError,
     CheckpointStateTooLarge,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "CheckpointHandoff",
     "CheckpointOwnershipLost",
     "CheckpointPoisoned",
     "CheckpointRecord",

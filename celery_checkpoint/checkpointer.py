@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import (
+    CheckpointHandoff,
     CheckpointOwnershipLost,
     CheckpointStoreError,
     CorruptCheckpoint,
@@ -119,9 +120,9 @@ class Checkpointer:
         self._begun = False
         self._fence = 0
         self._latest: EncodedState | None = None
-        self._stop = threading.Event()
+        self._stop_requested = False
         self._closed = False
-        runs_in_process.enter(task_id)
+        runs_in_process.enter(task_id, self)
 
     # -- the body's API ----------------------------------------------------
 
@@ -154,14 +155,18 @@ class Checkpointer:
         :class:`~celery_checkpoint.errors.CheckpointStoreError` and the next
         call tries again.
         """
-        if _monotonic() < self._next_save and not force and not self._stop.is_set():
+        if _monotonic() < self._next_save and not force:
             return False
-        return self._persist(state, progress, force or self._stop.is_set())
+        return self._persist(state, progress, force or self._stop_requested)
 
     @property
     def should_stop(self) -> bool:
-        """True once the worker asked this run to stop at its next checkpoint."""
-        return self._stop.is_set()
+        """True once the worker is shutting down and wants this run handed off.
+
+        A body with long steps can check it between steps; the next
+        ``save()`` then persists and hands the task off.
+        """
+        return self._stop_requested
 
     # -- persistence -------------------------------------------------------
 
@@ -190,7 +195,20 @@ class Checkpointer:
             self._next_save = max(self._next_save, _monotonic() + self.throttle)
         if self._on_persist is not None:
             self._on_persist(self)
+        if self._stop_requested:
+            self._hand_off()
         return True
+
+    def _hand_off(self) -> None:
+        """Release the checkpoint for an immediate resume and end this run."""
+        with self._lock:
+            if self._fence:
+                self.store.park(self.task_id, self._fence, self.owner, Status.RELEASED)
+                self._fence = 0
+        raise CheckpointHandoff(
+            f"task {self.task_id}: worker shutting down; stopped at checkpoint {self.saves} "
+            "and handed off to be resumed"
+        )
 
     def _write(self, encoded: EncodedState, progress: float | None, saved_at: float) -> int:
         self.saved_at = saved_at
@@ -309,13 +327,18 @@ class Checkpointer:
             self._fence = 0
 
     def request_stop(self) -> None:
-        """Ask the body to stop at its next ``save()`` (called by the worker)."""
-        self._stop.set()
+        """Make the next ``save()`` persist whatever the throttle, then hand off.
+
+        Called from a signal handler: it only sets attributes, so the
+        skipped path of ``save()`` stays one comparison.
+        """
+        self._stop_requested = True
+        self._next_save = float("-inf")
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            runs_in_process.leave(self.task_id)
+            runs_in_process.leave(self.task_id, self)
 
     def metadata(self) -> dict[str, Any]:
         """What Flower and logs show about this run's checkpoint."""

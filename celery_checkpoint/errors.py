@@ -7,7 +7,7 @@ failed save is "which task, which store".
 
 from __future__ import annotations
 
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 
 class CheckpointError(Exception):
@@ -45,3 +45,21 @@ class CheckpointOwnershipLost(CheckpointError, Ignore):  # type: ignore[misc]
 
 class DuplicateRun(CheckpointOwnershipLost):
     """This delivery is a duplicate of a run that is alive or already done."""
+
+
+class CheckpointHandoff(CheckpointError, Reject):  # type: ignore[misc]
+    """Raised by ``save()`` after it persisted, when the worker is shutting down.
+
+    It subclasses Celery's :class:`~celery.exceptions.Reject` with
+    ``requeue=True``: the run ends without a failure or a retry, the message
+    goes back to the queue at once, and the next delivery (on another worker,
+    or on this node after its restart) resumes from the checkpoint just
+    saved. Do not swallow it in the task body.
+    """
+
+    def __init__(self, message: str) -> None:
+        Reject.__init__(self, message, requeue=True)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

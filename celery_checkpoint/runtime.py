@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from .record import worker_id
 
@@ -41,26 +42,49 @@ def current_worker_id(hostname: str | None) -> str:
     return worker_id(hostname or socket.gethostname(), f"pid{os.getpid()}")
 
 
+class Stoppable(Protocol):
+    def request_stop(self) -> None: ...
+
+
 class RunsInProcess:
-    """Task ids running in this process, counted (threads pool duplicates)."""
+    """The checkpointed runs of this process: duplicate checks and shutdown.
+
+    Counting task ids catches a duplicate running in another thread (threads
+    pool); keeping the handles lets a shutdown ask every run to stop at its
+    next checkpoint.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: Counter[str] = Counter()
+        self._handles: set[Stoppable] = set()
 
-    def enter(self, task_id: str) -> None:
+    def enter(self, task_id: str, handle: Stoppable) -> None:
         with self._lock:
             self._runs[task_id] += 1
+            self._handles.add(handle)
 
-    def leave(self, task_id: str) -> None:
+    def leave(self, task_id: str, handle: Stoppable) -> None:
         with self._lock:
             self._runs[task_id] -= 1
             if self._runs[task_id] <= 0:
                 del self._runs[task_id]
+            self._handles.discard(handle)
 
     def count(self, task_id: str) -> int:
         with self._lock:
             return self._runs[task_id]
+
+    def request_stop(self) -> int:
+        """Ask every run of this process to stop at its next save.
+
+        Safe in a signal handler: it takes no lock (a copy of the set is
+        read as it is) and each request only sets two attributes.
+        """
+        handles = list(self._handles)
+        for handle in handles:
+            handle.request_stop()
+        return len(handles)
 
 
 runs_in_process = RunsInProcess()

@@ -14,12 +14,20 @@ process:
   not a timer on the worker's event loop, so store latency never stalls
   message consumption (and a stalled event loop never lets the lease lapse).
 * ``task_revoked`` removes the checkpoint of a revoked task.
+* ``worker_shutting_down`` (warm, soft or cold shutdown) asks every running
+  checkpointed task to stop at its next ``save()`` and hand off: runs in
+  this process directly (solo and threads pools), pool children through
+  ``SIGUSR2`` sent by the main process to the children that run one
+  (prefork); ``worker_process_init`` installs the children's handler.
 * ``worker_shutdown`` stops the steward and ends the lease.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal as os_signal
 import threading
 import time
 from typing import Any
@@ -32,7 +40,7 @@ from celery.worker import state as worker_state
 from .config import CheckpointConfig
 from .errors import CheckpointError
 from .resume import Resumer, mark_poisoned
-from .runtime import identity, start_worker_identity
+from .runtime import identity, runs_in_process, start_worker_identity
 from .stores import CheckpointStore, ClaimOutcome, create_store
 
 logger = logging.getLogger(__name__)
@@ -163,6 +171,29 @@ def _forget_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:
         logger.error("task %s was revoked but its checkpoint could not be removed: %s", request.id, exc)
 
 
+#: The signal by which the main process asks a pool child to hand off its run.
+HANDOFF_SIGNAL = os_signal.SIGUSR2
+
+
+def _install_handoff_handler(**_: Any) -> None:
+    os_signal.signal(HANDOFF_SIGNAL, _on_handoff_signal)
+
+
+def _on_handoff_signal(signum: int, frame: Any) -> None:
+    runs_in_process.request_stop()
+
+
+def _hand_off_running_tasks(sig: str | None = None, how: str | None = None, **_: Any) -> None:
+    """Runs in the main process's signal handler: set flags and send signals only."""
+    runs_in_process.request_stop()
+    me = os.getpid()
+    for request in list(worker_state.active_requests):
+        pid = getattr(request, "worker_pid", None)
+        if pid and pid != me and _is_checkpoint_task(getattr(request, "task", None)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, HANDOFF_SIGNAL)
+
+
 def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
     """Called in the main process when a run ended outside the task body."""
     if isinstance(exc, ExceptionWithTraceback):
@@ -198,6 +229,8 @@ signals.worker_init.connect(_start_lease, weak=False)
 signals.worker_ready.connect(_start_steward, weak=False)
 signals.worker_shutdown.connect(_stop_steward, weak=False)
 signals.task_revoked.connect(_forget_revoked, weak=False)
+signals.worker_process_init.connect(_install_handoff_handler, weak=False)
+signals.worker_shutting_down.connect(_hand_off_running_tasks, weak=False)
 
 
 def _is_checkpoint_task(task: Any) -> bool:

@@ -212,11 +212,18 @@ class Cluster:
         env.update({f"CC_{k.upper()}": v for k, v in self.settings.items()})
         return env
 
-    def worker(self, name: str, *args: str, pool: str = "prefork", concurrency: int = 2) -> Worker:
+    def worker(
+        self,
+        name: str,
+        *args: str,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> Worker:
         extra = ["-P", pool]
         if pool != "solo":
             extra += ["-c", str(concurrency)]
-        worker = Worker(self.app, self.env(), self.tmp / "logs", name, [*extra, *args])
+        worker = Worker(self.app, {**self.env(), **(env or {})}, self.tmp / "logs", name, [*extra, *args])
         self.workers.append(worker)
         return worker.start()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from celery_checkpoint import CheckpointOwnershipLost, CheckpointTask
+from celery_checkpoint import CheckpointHandoff, CheckpointOwnershipLost, CheckpointTask
 
 app = Celery(
     "longtask",
@@ -36,6 +36,8 @@ app.conf.update(
 
 FLAGS = Path(os.environ.get("CC_FLAGS_DIR", "/tmp/celery-checkpoint-flags"))
 NOTE_STEPS = os.environ.get("CC_NOTE_STEPS") == "1"
+#: Lets a test make one worker run the same task much faster than another.
+STEP_SCALE = float(os.environ.get("CC_STEP_SCALE", "1"))
 
 
 def note(task_id: str, event: str, **data: object) -> None:
@@ -51,7 +53,7 @@ def count_to(self, n, step_seconds=0.05, checkpoint=None):
     state = checkpoint.load() or {"i": 0, "total": 0}
     note(self.request.id, "start", i=state["i"], resume_count=checkpoint.resume_count)
     for i in range(state["i"], n):
-        time.sleep(step_seconds)
+        time.sleep(step_seconds * STEP_SCALE)
         state = {"i": i + 1, "total": state["total"] + i + 1}
         if NOTE_STEPS:
             note(self.request.id, "step", i=i + 1)
@@ -60,6 +62,9 @@ def count_to(self, n, step_seconds=0.05, checkpoint=None):
                 note(self.request.id, "saved", i=i + 1)
         except CheckpointOwnershipLost:
             note(self.request.id, "lost", i=i + 1)
+            raise
+        except CheckpointHandoff:
+            note(self.request.id, "handoff", i=i + 1)
             raise
         except Exception as exc:
             note(self.request.id, "save-error", i=i + 1, error=type(exc).__name__)

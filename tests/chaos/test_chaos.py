@@ -36,7 +36,7 @@ def total(n: int) -> int:
 
 def chaos(c: Cluster, workers: dict[str, Worker], done: callable, rng: random.Random) -> dict[str, int]:  # type: ignore[valid-type]
     counts = {"main": 0, "child": 0, "outage": 0}
-    outage_at = time.monotonic() + rng.uniform(15, 30)
+    outage_at = time.monotonic() + rng.uniform(6, 12)
     stop_at = time.monotonic() + CHAOS_SECONDS
     while time.monotonic() < stop_at and not done():
         time.sleep(rng.uniform(1.5, 3.5))
