@@ -1,0 +1,135 @@
+"""CheckpointTask in-process (eager): injection, outcomes, settings."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from celery_checkpoint import CheckpointTask, NullCheckpointer
+from celery_checkpoint.stores import open_store
+
+
+def make_app(**conf: Any) -> Celery:
+    app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", backend="cache+memory://")
+    app.conf.update(task_always_eager=True, task_store_eager_result=True, **conf)
+    return app
+
+
+def test_the_checkpoint_argument_is_injected_and_never_sent() -> None:
+    app = make_app(checkpoint_store_url=f"memory://{uuid.uuid4().hex}")
+    seen: list[Any] = []
+
+    @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
+    def work(self: CheckpointTask, n: int, checkpoint: Any) -> int:
+        seen.append(checkpoint)
+        assert self.checkpoint is checkpoint
+        return n
+
+    assert work.delay(3).get() == 3
+    assert seen[0].enabled and seen[0].task_id
+    with pytest.raises(TypeError, match="injected"):
+        work.delay(3, checkpoint=object())
+
+
+def test_success_deletes_the_checkpoint() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    app = make_app(checkpoint_store_url=url, checkpoint_throttle=0)
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> int:
+        checkpoint.save({"i": 1})
+        assert open_store(url).get(work.request.id) is not None
+        return 1
+
+    result = work.delay()
+    assert result.get() == 1
+    assert open_store(url).get(result.id) is None
+    assert open_store(url).peek(result.id).done
+
+
+def test_a_terminal_failure_deletes_the_checkpoint() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    app = make_app(checkpoint_store_url=url, checkpoint_throttle=0)
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+        raise RuntimeError("no")
+
+    result = work.apply()
+    assert result.failed()
+    assert open_store(url).get(result.id) is None
+
+
+def test_no_store_means_a_no_op_checkpointer() -> None:
+    app = make_app()
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> tuple[Any, bool]:
+        return checkpoint.load(), checkpoint.save({"i": 1})
+
+    assert tuple(work.delay().get()) == (None, False)
+    assert isinstance(work.checkpoint, NullCheckpointer)
+
+
+def test_calling_the_task_directly_gets_a_no_op_checkpointer() -> None:
+    app = make_app(checkpoint_store_url=f"memory://{uuid.uuid4().hex}")
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(n: int, checkpoint: Any) -> bool:
+        return bool(checkpoint.save({"n": n}))
+
+    assert work(1) is False
+
+
+def test_settings_can_be_overridden_per_task() -> None:
+    app = make_app(checkpoint_store_url="memory://x", checkpoint_throttle=5.0)
+
+    @app.task(base=CheckpointTask, checkpoint_throttle=0.5, checkpoint_max_resumes=2)
+    def fast(checkpoint: Any) -> None: ...
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def slow(checkpoint: Any) -> None: ...
+
+    assert fast.checkpoint_config.throttle == 0.5 and fast.checkpoint_config.max_resumes == 2
+    assert slow.checkpoint_config.throttle == 5.0
+
+
+def test_a_bad_setting_is_a_clear_error() -> None:
+    app = make_app(checkpoint_store_url="memory://x", checkpoint_on_store_error="ignore")
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None: ...
+
+    with pytest.raises(ValueError, match="checkpoint_on_store_error"):
+        _ = work.checkpoint_config
+
+
+def test_pickle_opt_in_warns(caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(checkpoint_store_url="memory://x", checkpoint_serializer="pickle")
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None: ...
+
+    _ = work.checkpoint_config
+    assert "can run arbitrary code" in caplog.text
+
+
+def test_class_based_tasks_read_self_checkpoint() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    app = make_app(checkpoint_store_url=url, checkpoint_throttle=0)
+
+    class Import(CheckpointTask):
+        name = "import"
+
+        def run(self, n: int) -> int:
+            state = self.checkpoint.load() or {"i": 0}
+            for i in range(state["i"], n):
+                self.checkpoint.save({"i": i + 1})
+            return int(self.checkpoint.saves)
+
+    task = app.register_task(Import())
+    assert task.delay(4).get() == 4
