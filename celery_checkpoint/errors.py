@@ -57,9 +57,10 @@ class CheckpointHandoff(CheckpointError, Reject):  # type: ignore[misc]
     saved. Do not swallow it in the task body.
     """
 
-    def __init__(self, message: str) -> None:
-        Reject.__init__(self, message, requeue=True)
-        self.message = message
+    def __init__(self, reason: str | None = None, requeue: bool = True) -> None:
+        # Reject's signature, so the exception survives the pickling from a
+        # pool child to the worker's main process.
+        Reject.__init__(self, reason, requeue=True)
 
     def __str__(self) -> str:
-        return self.message
+        return str(self.reason)

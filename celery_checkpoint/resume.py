@@ -54,10 +54,12 @@ class ScanReport:
 class Resumer:
     """Claims interrupted checkpoints and re-enqueues their tasks."""
 
-    def __init__(self, app: Any, store: CheckpointStore, claimer: str) -> None:
+    def __init__(self, app: Any, store: CheckpointStore, claimer: str, released_grace: float = 0.0) -> None:
         self.app = app
         self.store = store
         self.claimer = claimer
+        #: How long a checkpoint handed off at shutdown is left to its requeued message.
+        self.released_grace = released_grace
         self._reported: set[tuple[str, str]] = set()
 
     def scan(self, revoked: Container[str] = ()) -> ScanReport:
@@ -104,7 +106,9 @@ class Resumer:
         except (CorruptCheckpoint, ValueError) as exc:
             return self._bad(task_id, str(exc))
 
-        claim = self.store.claim(task_id, candidate.owner, self.claimer, task.checkpoint_config.max_resumes)
+        claim = self.store.claim(
+            task_id, candidate.owner, self.claimer, task.checkpoint_config.max_resumes, self.released_grace
+        )
         if claim.outcome is ClaimOutcome.GONE or claim.record is None:
             return Outcome.GONE
         if claim.outcome is ClaimOutcome.POISONED:

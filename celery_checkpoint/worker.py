@@ -54,7 +54,7 @@ class Steward:
         self.store = store
         self.config = config
         self.worker_id = worker_id
-        self.resumer = Resumer(app, store, worker_id)
+        self.resumer = Resumer(app, store, worker_id, released_grace=config.lease_ttl)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.registered = False
@@ -101,12 +101,18 @@ class Steward:
                 self.registered = True
         except CheckpointError as exc:
             logger.warning("checkpoint lease not renewed: %s", exc)
+        except Exception:
+            logger.exception("checkpoint lease renewal crashed, will retry")
 
     def scan(self) -> None:
         try:
             report = self.resumer.scan(revoked=worker_state.revoked)
         except CheckpointError as exc:
             logger.warning("checkpoint resume scan failed, will retry: %s", exc)
+            return
+        except Exception:
+            # This thread also renews the lease: nothing may end it.
+            logger.exception("checkpoint resume scan crashed, will retry")
             return
         self.scans += 1
         if report.outcomes:

@@ -133,8 +133,15 @@ class CheckpointStore(Protocol):
         """
         ...
 
-    def claim(self, task_id: str, expected_owner: str, claimer: str, max_resumes: int) -> Claim:
+    def claim(
+        self, task_id: str, expected_owner: str, claimer: str, max_resumes: int, released_grace: float = 0.0
+    ) -> Claim:
         """Atomically take an interrupted checkpoint for re-enqueueing.
+
+        A ``released`` checkpoint (handed off at shutdown, its message
+        requeued) is claimable only once its last save is ``released_grace``
+        seconds old: the requeued message normally resumes it first, and
+        the scan is the safety net if that message was lost.
 
         Exactly one of several concurrent claimers gets ``CLAIMED``. A record
         already resumed ``max_resumes`` times becomes ``POISONED`` instead.

@@ -297,7 +297,9 @@ class RedisStore:
     def _forget_owner(self, owner: str) -> Any:
         return self._forget(keys=[self.owned_key(owner), self.owners_key, self.workers_key], args=[owner])
 
-    def claim(self, task_id: str, expected_owner: str, claimer: str, max_resumes: int) -> Claim:
+    def claim(
+        self, task_id: str, expected_owner: str, claimer: str, max_resumes: int, released_grace: float = 0.0
+    ) -> Claim:
         reply = self._call(
             "claim",
             task_id,
@@ -310,7 +312,7 @@ class RedisStore:
                     self.owners_key,
                     self.workers_key,
                 ],
-                args=[task_id, expected_owner, claimer, max_resumes],
+                args=[task_id, expected_owner, claimer, max_resumes, int(released_grace * 1000)],
             ),
         )
         outcome = {0: ClaimOutcome.GONE, 1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.POISONED}[int(reply[0])]

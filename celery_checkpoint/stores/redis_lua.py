@@ -136,12 +136,13 @@ return out
 
 # KEYS[1] record, KEYS[2] expected owner's set, KEYS[3] claimer's set,
 # KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash
-# ARGV[1] task id, ARGV[2] expected owner, ARGV[3] claimer, ARGV[4] max resumes
+# ARGV[1] task id, ARGV[2] expected owner, ARGV[3] claimer, ARGV[4] max resumes,
+# ARGV[5] released grace in ms (a released record is claimable once its last save is that old)
 # -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned
 CLAIM = (
     NOW_MS
     + """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes')
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'saved_at')
 if not h[1] then
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('SREM', KEYS[4], ARGV[1])
@@ -149,7 +150,7 @@ if not h[1] then
 end
 local claimable = false
 if h[1] == 'released' then
-  claimable = true
+  claimable = now_ms() - tonumber(h[4]) * 1000 >= tonumber(ARGV[5])
 elseif (h[1] == 'running' or h[1] == 'queued') and h[2] == ARGV[2] then
   -- a worker may always claim its own runs: it knows when one was lost
   claimable = h[2] == ARGV[3] or not alive(KEYS[6], h[2])

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from ..errors import CheckpointStoreError
+from ..errors import CheckpointStoreError, CorruptCheckpoint
 from ..record import CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_host
 from .base import Candidate, Claim, ClaimOutcome, CorruptEntry, Peek
 
@@ -294,19 +294,21 @@ class SQLiteStore:
             found.extend(Candidate(task_id, owner) for task_id, owner in released)
         return found
 
-    def claim(self, task_id: str, expected_owner: str, claimer: str, max_resumes: int) -> Claim:
+    def claim(
+        self, task_id: str, expected_owner: str, claimer: str, max_resumes: int, released_grace: float = 0.0
+    ) -> Claim:
         now = time.time()
         with self._transaction("claim", task_id) as conn:
             row = conn.execute(
-                "SELECT c.status, c.owner, c.resume_count, w.expires FROM checkpoints c "
+                "SELECT c.status, c.owner, c.resume_count, c.saved_at, w.expires FROM checkpoints c "
                 "LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
                 (task_id,),
             ).fetchone()
             if row is None:
                 return Claim(ClaimOutcome.GONE)
-            status, owner, resume_count, expires = row
+            status, owner, resume_count, saved_at, expires = row
             owner_alive = expires is not None and expires > now
-            claimable = status == Status.RELEASED.value or (
+            claimable = (status == Status.RELEASED.value and now - saved_at >= released_grace) or (
                 # a worker may always claim its own runs: it knows when one was lost
                 status in ACTIVE and owner == expected_owner and (owner == claimer or not owner_alive)
             )
@@ -352,7 +354,7 @@ class SQLiteStore:
         for row in rows:
             try:
                 yield _record(row)
-            except (ValueError, TypeError) as exc:
+            except CorruptCheckpoint as exc:
                 yield CorruptEntry(str(row[0]), str(exc))
 
     def delete(self, task_id: str) -> bool:
@@ -390,6 +392,13 @@ def _status(value: Any) -> Status:
 
 
 def _record(row: Any) -> CheckpointRecord:
+    try:
+        return _parse_row(row)
+    except (ValueError, TypeError) as exc:
+        raise CorruptCheckpoint(f"task {row[0]}: checkpoint row is malformed: {exc}") from exc
+
+
+def _parse_row(row: Any) -> CheckpointRecord:
     (
         task_id,
         task_name,

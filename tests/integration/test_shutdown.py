@@ -39,4 +39,8 @@ def test_sigterm_hands_a_long_task_off_to_another_worker(tmp_path, pool: str) ->
         assert len(runs) == 2
         assert runs[1]["i"] == handoff[0]["i"] >= reached - 1, "at most one save interval is redone"
         assert "worker shutting down; stopped at checkpoint" in w1.output()
+        assert "CRITICAL" not in w1.output() and "Unrecoverable" not in w1.output()
+        assert "re-enqueued" not in "".join(w.output() for w in c.workers), (
+            "the requeued message itself must carry the task on, not a resume scan"
+        )
         assert app.app.AsyncResult(result.id).state == "SUCCESS"

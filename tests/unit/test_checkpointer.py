@@ -217,3 +217,23 @@ def test_persist_callback_runs_only_on_persisted_saves(store: CheckpointStore) -
     cp.save({"i": 1})
     cp.save({"i": 2})
     assert seen == [1]
+
+
+def test_shutdown_forces_the_next_save_then_hands_off(store: CheckpointStore) -> None:
+    import pickle
+
+    from celery_checkpoint import CheckpointHandoff
+    from celery_checkpoint.record import Status
+
+    cp = make(store, throttle=3600)
+    assert cp.save({"i": 1})
+    assert not cp.save({"i": 2})
+    cp.request_stop()
+    assert cp.should_stop
+    with pytest.raises(CheckpointHandoff) as info:
+        cp.save({"i": 3})
+    record = store.get("t1")
+    assert record is not None and record.state.payload == b'{"i": 3}'
+    assert record.status is Status.RELEASED
+    copy = pickle.loads(pickle.dumps(info.value))  # crosses from pool child to main process
+    assert copy.requeue and str(copy) == str(info.value)

@@ -159,3 +159,12 @@ def test_leases(store: CheckpointStore) -> None:
     store.register(W1, 30)
     leases = store.leases()
     assert leases[W1] > time.time() + 20
+
+
+def test_a_released_checkpoint_is_left_to_its_requeued_message_for_a_grace_period(
+    store: CheckpointStore,
+) -> None:
+    store.create("t1", _new(W1))
+    store.park("t1", 1, W1, Status.RELEASED)
+    assert store.claim("t1", "", W2, 5, released_grace=60).outcome is ClaimOutcome.GONE
+    assert store.claim("t1", "", W2, 5, released_grace=0).outcome is ClaimOutcome.CLAIMED

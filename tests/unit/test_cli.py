@@ -1,0 +1,486 @@
+"""`celery -A app checkpoint ...` through Celery's real command line, on real stores.
+
+Most tests run Celery's own ``celery`` click group in-process (so the
+``celery.commands`` entry point is what finds our group); one runs
+``python -m celery`` in a subprocess; the Redis tests use a private
+redis-server on a free port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.bin.celery import celery as celery_command
+from click.testing import CliRunner, Result
+
+from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, encode, worker_id
+from celery_checkpoint.stores import CheckpointStore, create_store
+from tests.apps import cliapp
+from tests.harness import ROOT, RedisServer, free_port
+
+CRUNCH = "tests.apps.cliapp.crunch"
+PLAIN = "tests.apps.cliapp.plain"
+LIVE = worker_id("celery@live", "aaaa")
+DEAD = worker_id("celery@dead", "bbbb")
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def cli(*args: str, input: str | None = None) -> Result:
+    """``celery -A tests.apps.cliapp checkpoint <args>``, in this process."""
+    runner = CliRunner()
+    return runner.invoke(
+        celery_command, ["-A", "tests.apps.cliapp", "checkpoint", *args], input=input, catch_exceptions=False
+    )
+
+
+def put(
+    store: CheckpointStore,
+    state: Any,
+    *,
+    owner: str = DEAD,
+    name: str = CRUNCH,
+    args: tuple[Any, ...] = (10,),
+    task_id: str | None = None,
+    encoded: EncodedState | None = None,
+) -> tuple[str, int]:
+    """A first save, as a run of ``name`` owned by ``owner`` writes it; returns (task id, fence)."""
+    task_id = task_id or uuid.uuid4().hex
+    state_bytes = encoded or encode(state, "json", what="state", task_id=task_id, limit=1 << 20)
+    call = {"args": list(args), "kwargs": {}, "options": {"task_id": task_id}}
+    envelope = encode(call, "json", what="call", task_id=task_id, limit=1 << 20)
+    new = NewCheckpoint(name, owner, 4242, state_bytes, envelope, 0.4, time.time() - 90)
+    fence = store.create(task_id, new)
+    assert fence is not None
+    return task_id, fence
+
+
+def parked(store: CheckpointStore, status: Status, **kw: Any) -> str:
+    task_id, fence = put(store, {"i": 1}, **kw)
+    assert store.park(task_id, fence, kw.get("owner", DEAD), status)
+    return task_id
+
+
+def listed(*args: str) -> dict[str, dict[str, Any]]:
+    result = cli("list", "--json", *args)
+    assert result.exit_code in (0, 1), result.output
+    return {entry["task_id"] or entry["key"]: entry for entry in json.loads(result.stdout)}
+
+
+def published() -> dict[str, Any]:
+    """Every message ``resume`` sent to the app's in-memory broker, by task id (drains it)."""
+    messages: dict[str, Any] = {}
+    with cliapp.app.connection_for_read() as conn:
+        queue = conn.SimpleQueue("celery")
+        try:
+            while True:
+                message = queue.get(timeout=0.2)
+                message.ack()
+                messages[message.headers["id"]] = message
+        except queue.Empty:
+            return messages
+        finally:
+            queue.close()
+
+
+# -- fixtures ----------------------------------------------------------------
+
+
+@pytest.fixture
+def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite store file, configured as the app's ``checkpoint_store_url``."""
+    url = f"sqlite:///{tmp_path / 'checkpoints.db'}"
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_store_url", url)
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[CheckpointStore]:
+    store = create_store(store_url)
+    store.register(LIVE, 60)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def every_state(store: CheckpointStore, tmp_path: Path) -> dict[str, str]:
+    """One checkpoint in each state the CLI knows; returns state -> task id."""
+    ids = {
+        "running": put(store, {"i": 4, "total": 10}, owner=LIVE)[0],
+        "interrupted": put(store, {"i": 3, "total": 6})[0],
+        "released": parked(store, Status.RELEASED),
+        "waiting": parked(store, Status.WAITING, owner=LIVE),
+        "poisoned": parked(store, Status.POISONED),
+    }
+    queued, _ = put(store, {"i": 2})
+    claim = store.claim(queued, DEAD, LIVE, 5)
+    assert claim.record is not None and store.park(queued, claim.record.fence, LIVE, Status.QUEUED)
+    ids["queued"] = queued
+    ids["corrupt"] = corrupt_row(tmp_path / "checkpoints.db")
+    return ids
+
+
+def corrupt_row(path: Path) -> str:
+    """A row no version of the store writes: a status it does not know."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO checkpoints VALUES ('broken', 'x', 'bogus', '', 0, 1, 1, 0, NULL, 0, 0, "
+            "x'00', 'application/json', 'utf-8', x'00', 'application/json', 'utf-8')"
+        )
+    return "broken"
+
+
+# -- list --------------------------------------------------------------------
+
+
+def test_list_shows_one_row_per_checkpoint_with_its_state(every_state: dict[str, str]) -> None:
+    result = cli("list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["TASK", "ID", "NAME", "STATE"]
+    for state, task_id in every_state.items():
+        row = next(line for line in lines if line.startswith(task_id))
+        assert ("interrupted" if state == "released" else state) in row.split()
+    running = next(line for line in lines if line.startswith(every_state["running"]))
+    assert "celery@live" in running and "40%" in running and "1m ago" in running
+    assert "broken: unknown checkpoint status 'bogus'" in result.stdout
+
+
+def test_list_json_is_one_object_per_checkpoint(every_state: dict[str, str], store: CheckpointStore) -> None:
+    entries = listed()
+    states = {task_id: entry["state"] for task_id, entry in entries.items()}
+    assert states == {
+        task_id: ("interrupted" if s == "released" else s) for s, task_id in every_state.items()
+    }
+    running = entries[every_state["running"]]
+    record = store.get(every_state["running"])
+    assert record is not None
+    assert running == {
+        "task_id": record.task_id,
+        "task_name": CRUNCH,
+        "state": "running",
+        "status": "running",
+        "owner": "celery@live",
+        "owner_id": LIVE,
+        "progress": 0.4,
+        "saves": 1,
+        "resume_count": 0,
+        "saved_at": record.saved_at,
+        "saved_at_iso": running["saved_at_iso"],
+        "created_at": record.created_at,
+        "size": len(record.state.payload),
+        "reason": None,
+        "key": None,
+    }
+    assert running["saved_at_iso"].endswith("+00:00")
+    assert entries["broken"]["reason"] == "unknown checkpoint status 'bogus'"
+    assert entries[every_state["queued"]]["resume_count"] == 1
+
+
+def test_list_filters_by_state_and_task_name(every_state: dict[str, str], store: CheckpointStore) -> None:
+    plain = put(store, {"x": 1}, name=PLAIN)[0]
+    interrupted = {every_state["interrupted"], every_state["released"], plain}
+    assert set(listed("--state", "interrupted")) == interrupted
+    assert set(listed("--state", "running", "--state", "waiting")) == {
+        every_state["running"],
+        every_state["waiting"],
+    }
+    assert set(listed("--task", PLAIN)) == {plain}
+    assert set(listed("--task", PLAIN, "--state", "corrupt")) == set()
+
+
+def test_list_exits_1_when_nothing_matches(store: CheckpointStore) -> None:
+    result = cli("list")
+    assert (result.exit_code, result.stdout.strip()) == (1, "No checkpoints.")
+    result = cli("list", "--json", "--state", "poisoned")
+    assert (result.exit_code, json.loads(result.stdout)) == (1, [])
+
+
+# -- show --------------------------------------------------------------------
+
+
+def test_show_prints_metadata_call_and_decoded_state(every_state: dict[str, str]) -> None:
+    task_id = every_state["interrupted"]
+    result = cli("show", task_id, "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    assert detail["state"] == "interrupted" and detail["owner"] == "celery@dead"
+    assert detail["saved_state"] == {"i": 3, "total": 6} and detail["saved_state_error"] is None
+    assert detail["call"] == {"args": [10], "kwargs": {}, "options": {"task_id": task_id}}
+
+    text = cli("show", task_id).stdout
+    assert f"Checkpoint {task_id}" in text
+    assert "interrupted (status running)" in text
+    assert '"total": 6' in text and '"task_id": "' + task_id + '"' in text
+
+
+@pytest.mark.parametrize(
+    ("encoded", "error"),
+    [
+        (EncodedState(b"\x80not json at all", "application/json", "utf-8"), "cannot be decoded"),
+        (EncodedState(b"\x80\x04K\x01.", "application/x-python-serialize", "binary"), "not accepted"),
+    ],
+    ids=["garbage", "pickle-not-accepted"],
+)
+def test_show_never_crashes_on_a_state_it_cannot_decode(
+    store: CheckpointStore, encoded: EncodedState, error: str
+) -> None:
+    task_id, _ = put(store, None, encoded=encoded)
+    result = cli("show", task_id, "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    assert detail["saved_state"] is None and error in detail["saved_state_error"]["error"]
+    assert detail["saved_state_error"]["preview"].startswith("b'\\x80")
+    assert detail["call"]["args"] == [10]
+    text = cli("show", task_id).stdout
+    assert "cannot be decoded:" in text and "b'\\x80" in text
+
+
+def test_show_a_corrupt_row_and_a_missing_one(every_state: dict[str, str]) -> None:
+    result = cli("show", "broken")
+    assert result.exit_code == 0 and "corrupt" in result.stdout and "bogus" in result.stdout
+    missing = cli("show", "no-such-task")
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == "Error: no checkpoint for task no-such-task"
+
+
+# -- resume ------------------------------------------------------------------
+
+
+def test_resume_re_enqueues_an_interrupted_task_as_itself(
+    every_state: dict[str, str], store: CheckpointStore
+) -> None:
+    task_id = every_state["interrupted"]
+    result = cli("resume", task_id)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"resumed   {task_id}  {CRUNCH}: re-enqueued from save 1 (resume 1)")
+    record = store.get(task_id)
+    assert record is not None and (record.status, record.resume_count) == (Status.QUEUED, 1)
+    message = published()[task_id]
+    assert message.headers["task"] == CRUNCH and message.payload[0] == [10]
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        ("running", "is running on a live worker (celery@live); not resumed"),
+        ("waiting", "is waiting for its Celery retry"),
+        ("queued", "is already queued to resume"),
+        ("poisoned", "is poisoned"),
+        ("corrupt", "is corrupt and cannot be resumed"),
+    ],
+)
+def test_resume_refuses_what_is_not_interrupted(
+    every_state: dict[str, str], store: CheckpointStore, state: str, says: str
+) -> None:
+    task_id = every_state[state]
+    before = listed()[task_id]
+    result = cli("resume", task_id)
+    assert result.exit_code == 1
+    assert says in result.stderr and result.stderr.count("\n") == 1
+    assert listed()[task_id] == before
+    assert task_id not in published()
+
+
+def test_resume_reports_a_checkpoint_that_is_not_resumable(store: CheckpointStore) -> None:
+    task_id, _ = put(store, {"x": 1}, name=PLAIN)
+    result = cli("resume", task_id)
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"bad       {task_id}  ")
+    assert f"task '{PLAIN}' is not a CheckpointTask" in result.stdout
+    assert result.stderr == ""  # printed once, not again by logging's last resort
+    assert store.get(task_id) is not None
+
+
+def test_resume_marks_poisoned_after_max_resumes(store: CheckpointStore) -> None:
+    """cliapp allows 2 resumes: a checkpoint resumed twice and interrupted again is poisoned."""
+    task_id, _ = put(store, {"i": 5})
+    first, second = worker_id("celery@a", "1"), worker_id("celery@b", "2")
+    assert store.claim(task_id, DEAD, first, 2).record is not None
+    assert store.claim(task_id, first, second, 2).record is not None
+    result = cli("resume", task_id)
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"poisoned  {task_id}  ") and "marked FAILURE" in result.stdout
+    record = store.get(task_id)
+    assert record is not None and record.status is Status.POISONED
+    assert cliapp.app.AsyncResult(task_id).state == "FAILURE"
+
+
+def test_resume_all_interrupted(every_state: dict[str, str], store: CheckpointStore) -> None:
+    result = cli("resume", "--all-interrupted")
+    assert result.exit_code == 0, result.output
+    resumed = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("resumed")}
+    assert resumed == {every_state["interrupted"], every_state["released"]}
+    assert resumed <= set(published())
+    assert listed("--state", "interrupted") == {}
+    again = cli("resume", "--all-interrupted")
+    assert again.exit_code == 1 and "no interrupted checkpoint" in again.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["some-id", "--all-interrupted"]])
+def test_resume_usage_errors_exit_2(store: CheckpointStore, args: list[str]) -> None:
+    result = cli("resume", *args)
+    assert result.exit_code == 2 and "give either a TASK_ID or --all-interrupted" in result.stderr
+
+
+# -- purge -------------------------------------------------------------------
+
+
+def test_purge_asks_first(every_state: dict[str, str], store: CheckpointStore) -> None:
+    task_id = every_state["poisoned"]
+    declined = cli("purge", task_id, input="n\n")
+    assert declined.exit_code == 1 and "Delete them?" in declined.stdout
+    assert store.get(task_id) is not None
+    accepted = cli("purge", task_id, input="y\n")
+    assert accepted.exit_code == 0 and "deleted 1, kept 0" in accepted.stdout
+    assert store.get(task_id) is None
+
+
+def test_purge_by_state_removes_corrupt_rows_too(every_state: dict[str, str], store: CheckpointStore) -> None:
+    result = cli("purge", "--state", "poisoned", "--state", "corrupt", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "deleted 2, kept 0" in result.stdout
+    remaining = listed()
+    assert every_state["poisoned"] not in remaining and "broken" not in remaining
+    assert len(remaining) == len(every_state) - 2
+
+
+def test_purge_warns_about_a_live_run(every_state: dict[str, str]) -> None:
+    result = cli("purge", every_state["running"], "--yes")
+    assert result.exit_code == 0
+    assert "its worker is alive: that run stops at its next save" in result.stdout
+
+
+def test_purge_nothing_matched_and_usage(store: CheckpointStore) -> None:
+    assert cli("purge", "--state", "poisoned", "--yes").exit_code == 1
+    assert cli("purge", "nope", "--yes").exit_code == 1
+    assert cli("purge", "--yes").exit_code == 2
+
+
+# -- store selection and errors ----------------------------------------------
+
+
+def test_store_option_overrides_the_app_setting(
+    store: CheckpointStore, store_url: str, monkeypatch: Any
+) -> None:
+    task_id, _ = put(store, {"i": 1})
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_store_url", None)
+    assert set(listed("--store", store_url)) == {task_id}
+    group_level = CliRunner().invoke(
+        celery_command, ["-A", "tests.apps.cliapp", "checkpoint", "--store", store_url, "list", "--json"]
+    )
+    assert [entry["task_id"] for entry in json.loads(group_level.stdout)] == [task_id]
+
+
+def test_no_store_configured_exits_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_store_url", None)
+    result = cli("list")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "Error: no checkpoint store: set checkpoint_store_url in the app's config or pass --store URL\n"
+    )
+
+
+def test_missing_sqlite_file_exits_3_without_creating_it(tmp_path: Path) -> None:
+    path = tmp_path / "typo.db"
+    result = cli("list", "--store", f"sqlite:///{path}")
+    assert result.exit_code == 3 and f"sqlite:///{path}" in result.stderr
+    assert not path.exists()
+
+
+def test_unknown_scheme_exits_3_and_hides_the_password() -> None:
+    result = cli("show", "x", "--store", "nosuch://user:s3cret@host/0")
+    assert result.exit_code == 3
+    assert "nosuch://user:***@host/0" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_entry_point_works_from_a_real_command_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    store = create_store(url)
+    task_id, _ = put(store, {"i": 2})
+    env = {**os.environ, "CLIAPP_STORE_URL": url, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.apps.cliapp", "checkpoint", "list", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [entry] = json.loads(proc.stdout)
+    assert (entry["task_id"], entry["state"], entry["task_name"]) == (task_id, "interrupted", CRUNCH)
+
+
+# -- Redis -------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        url = f"{server.url}/0"
+        monkeypatch.setitem(cliapp.app.conf, "checkpoint_store_url", url)
+        yield url
+    finally:
+        server.stop()
+
+
+def test_redis_store_end_to_end(redis_url: str) -> None:
+    import redis
+
+    store = create_store(redis_url)
+    store.register(LIVE, 60)
+    running, _ = put(store, {"i": 1}, owner=LIVE)
+    interrupted, _ = put(store, {"i": 7})
+    client = redis.Redis.from_url(redis_url)
+    client.set("checkpoint:not-ours", "x")
+    client.hset("checkpoint:task:half", "name", CRUNCH)
+
+    entries = listed()
+    assert {k: e["state"] for k, e in entries.items()} == {
+        running: "running",
+        interrupted: "interrupted",
+        "checkpoint:not-ours": "corrupt",
+        "half": "corrupt",
+    }
+    assert entries["checkpoint:not-ours"]["reason"] == "foreign key under the checkpoint prefix"
+    assert "lacks fields" in entries["half"]["reason"]
+
+    assert cli("resume", running).exit_code == 1
+    assert cli("resume", interrupted).exit_code == 0
+    assert listed()[interrupted]["state"] == "queued"
+    assert interrupted in published()
+
+    result = cli("purge", "--state", "corrupt", "--yes")
+    assert result.exit_code == 1  # neither entry can be removed through the store
+    assert "kept checkpoint:not-ours: not a checkpoint of this store" in result.stderr
+    assert "kept checkpoint:task:half:" in result.stderr
+    assert client.exists("checkpoint:not-ours") == 1
+    store.close()
+    client.close()
+
+
+def test_unreachable_redis_exits_3_with_one_line_naming_it() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for args in (
+        ["list"],
+        ["show", "x"],
+        ["resume", "--all-interrupted"],
+        ["purge", "--state", "corrupt", "-y"],
+    ):
+        result = cli(*args, "--store", url)
+        assert result.exit_code == 3, (args, result.output)
+        assert result.stderr.startswith("Error: ") and f"checkpoint store {url} failed to " in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
