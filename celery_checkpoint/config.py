@@ -62,8 +62,7 @@ class CheckpointConfig:
     def validate(self) -> None:
         if self.on_store_error not in ("retry", "raise", "warn"):
             raise ValueError(
-                "checkpoint_on_store_error must be 'retry', 'raise' or 'warn', "
-                f"not {self.on_store_error!r}"
+                f"checkpoint_on_store_error must be 'retry', 'raise' or 'warn', not {self.on_store_error!r}"
             )
         if self.lease_ttl <= 0:
             raise ValueError("checkpoint_lease_ttl must be > 0")

@@ -11,11 +11,12 @@ import os
 import threading
 from importlib.metadata import entry_points
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from kombu.utils.imports import symbol_by_name
 
 from .base import Candidate, CheckpointStore, Claim, ClaimOutcome, CorruptEntry, Peek
+from .urls import sqlite_path
 
 __all__ = [
     "Candidate",
@@ -53,8 +54,7 @@ def create_store(url: str, *, prefix: str = "checkpoint:", done_ttl: float = 864
     scheme = urlsplit(url).scheme
     cls = store_class(scheme)
     if scheme == "sqlite":
-        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
-        path = unquote(url.split("://", 1)[1])[1:]
+        path = sqlite_path(url)
         if not path:
             raise ValueError("checkpoint_store_url: use sqlite:///relative.db or sqlite:////abs/path.db")
         sqlite_store: CheckpointStore = cls(path, url=url, done_ttl=done_ttl)

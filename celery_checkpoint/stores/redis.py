@@ -24,12 +24,12 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import CheckpointStoreError, CorruptCheckpoint
 from ..record import WORKER_ID_SEPARATOR, CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_host
 from . import redis_lua
 from .base import Candidate, Claim, ClaimOutcome, CorruptEntry, Peek
+from .urls import redact
 
 try:
     import redis
@@ -43,15 +43,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 T = TypeVar("T")
 
 REQUIRED_FIELDS = ("name", "status", "owner", "fence", "saves", "resumes", "saved_at", "created_at", "state")
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, safe for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class RedisStore:

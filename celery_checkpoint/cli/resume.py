@@ -1,0 +1,145 @@
+"""``resume``: claim interrupted checkpoints and send their tasks again.
+
+The claiming and sending is :class:`celery_checkpoint.resume.Resumer`, the
+same code a worker's scan runs; this module picks the candidates, refuses
+the ones that must not be resumed, and reports one line per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import click
+
+from ..errors import CheckpointStoreError
+from ..record import worker_id
+from ..resume import Outcome, Resumer
+from ..resume import logger as resume_logger
+from ..stores.base import Candidate
+from .context import EXIT_REFUSED, EXIT_UNAVAILABLE, Refused, Session, one_line, open_session, store_option
+
+
+@click.command()
+@click.argument("task_id", required=False)
+@click.option("--all-interrupted", is_flag=True, help="Resume every interrupted checkpoint.")
+@store_option
+@click.pass_context
+def resume(ctx: click.Context, task_id: str | None, all_interrupted: bool, store_url: str | None) -> None:
+    """Re-enqueue interrupted tasks so they resume from their checkpoints.
+
+    The task is sent again as itself: same task id, same recorded call.
+    Only an interrupted checkpoint is claimed: a run whose worker is alive is
+    left alone. Exits 0 when everything found was resumed, 1 when nothing was
+    or something was refused, 3 when the store or the broker failed.
+    """
+    if bool(task_id) == all_interrupted:
+        raise click.UsageError("give either a TASK_ID or --all-interrupted")
+    with open_session(ctx, store_url) as session:
+        session.app.loader.import_default_modules()  # the tasks must be registered to be sent
+        if task_id:
+            candidates = [_resumable(session, task_id)]
+        else:
+            candidates = session.store.interrupted()
+            if not candidates:
+                raise Refused("no interrupted checkpoint to resume")
+        outcomes = _resume_all(session, candidates)
+    ctx.exit(_resume_exit_code(set(outcomes.values()), single=task_id is not None))
+
+
+def _resumable(session: Session, task_id: str) -> Candidate:
+    """The candidate for ``resume ID``, or a clear refusal naming why not."""
+    entry = session.entry(task_id)
+    record = entry.record
+    if record is None:
+        raise Refused(f"checkpoint {task_id} is corrupt and cannot be resumed: {entry.reason}")
+    refusal = {
+        "running": f"task {task_id} is running on a live worker ({record.owner_host}); not resumed",
+        "queued": f"task {task_id} is already queued to resume; not resumed again",
+        "waiting": f"task {task_id} is waiting for its Celery retry (its message is in the broker); "
+        "not resumed",
+        "poisoned": f"task {task_id} is poisoned (interrupted too many times); not resumed. "
+        f"Inspect it with `celery checkpoint show {task_id}`, then purge it",
+    }.get(entry.state)
+    if refusal:
+        raise Refused(refusal)
+    return Candidate(task_id, record.owner)
+
+
+def _resume_all(session: Session, candidates: list[Candidate]) -> dict[str, Outcome]:
+    """Claim and re-enqueue each candidate, printing one line per task.
+
+    The claimer holds a lease while it works, so a worker's scan running at
+    the same moment does not take the CLI's claim for an abandoned one.
+    """
+    claimer = worker_id(f"{socket.gethostname()}-cli", uuid.uuid4().hex[:12])
+    resumer = Resumer(session.app, session.store, claimer)
+    session.store.register(claimer, session.config.lease_ttl)
+    outcomes: dict[str, Outcome] = {}
+    try:
+        for candidate in candidates:
+            with _problems_logged_by_resumer() as problems:
+                outcome = resumer.resume(candidate)
+            outcomes[candidate.task_id] = outcome
+            click.echo(_describe(session, candidate.task_id, outcome, problems))
+    finally:
+        with suppress(CheckpointStoreError):  # the lease expires on its own
+            session.store.retire(claimer)
+    return outcomes
+
+
+@contextmanager
+def _problems_logged_by_resumer() -> Iterator[list[str]]:
+    """What the resumer logs about a task it did not resume, to print it instead."""
+    problems: list[str] = []
+    handler = _ListHandler(problems)
+    propagate = resume_logger.propagate
+    resume_logger.addHandler(handler)
+    resume_logger.propagate = False  # printed by us, not twice by logging's last resort
+    try:
+        yield problems
+    finally:
+        resume_logger.removeHandler(handler)
+        resume_logger.propagate = propagate
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f": {record.exc_info[1]}"
+        self.sink.append(one_line(message))
+
+
+def _describe(session: Session, task_id: str, outcome: Outcome, problems: list[str]) -> str:
+    if outcome is Outcome.RESUMED:
+        record = session.store.get(task_id)
+        detail = (
+            f"{record.task_name}: re-enqueued from save {record.saves} (resume {record.resume_count})"
+            if record is not None
+            else "re-enqueued"
+        )
+    elif outcome is Outcome.GONE:
+        detail = "already claimed by someone else, or finished"
+    else:
+        detail = "; ".join(problems) or outcome.value
+    return f"{outcome.value:<9} {task_id}  {detail}"
+
+
+def _resume_exit_code(outcomes: set[Outcome], *, single: bool) -> int:
+    """0 when everything found was resumed.
+
+    For ``--all-interrupted`` a task a worker's scan claimed first counts as
+    done (it was resumed, just not by us); for ``resume ID`` it does not.
+    """
+    if Outcome.FAILED in outcomes:
+        return EXIT_UNAVAILABLE  # the broker refused the message: try again later
+    done = {Outcome.RESUMED} if single else {Outcome.RESUMED, Outcome.GONE}
+    return 0 if outcomes <= done else EXIT_REFUSED
