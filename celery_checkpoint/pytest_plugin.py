@@ -89,7 +89,7 @@ class _RecordingCheckpointer(Checkpointer):
         self.loaded = True
         return super().load()
 
-    def save(self, state: Any, *, progress: float | None = None, force: bool = False) -> bool:
+    def save(self, state: Any, progress: float | None = None, force: bool = False) -> bool:
         persisted = super().save(state, progress=progress, force=force)
         if persisted:
             self.sink.append(self._stored_state())

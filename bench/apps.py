@@ -1,0 +1,66 @@
+"""The Celery apps the throughput and scan benchmarks run.
+
+``make_app(checkpoint=False)`` is plain Celery: it does not even import
+celery_checkpoint, so the baseline worker runs none of its signal handlers.
+Every key the broker writes carries the run's ``global_keyprefix``, so a run
+never mixes with anything else in the same Redis database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+PLAIN_NOOP = "bench.plain_noop"
+CHECKPOINT_NOOP = "bench.checkpoint_noop"
+CHECKPOINT_SAVE = "bench.checkpoint_save"
+RESUMABLE = "bench.resumable"
+
+
+def make_app(
+    broker_url: str,
+    *,
+    keyprefix: str,
+    queue: str,
+    checkpoint: bool,
+    store_url: str | None = None,
+    store_prefix: str = "checkpoint:",
+) -> Celery:
+    app = Celery("bench", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options={"global_keyprefix": keyprefix},
+        task_default_queue=queue,
+        task_ignore_result=True,
+        result_backend=None,
+        broker_connection_retry_on_startup=True,
+    )
+
+    @app.task(bind=True, name=PLAIN_NOOP, shared=False)
+    def plain_noop(self: Any) -> None:
+        return None
+
+    if not checkpoint:
+        return app
+
+    from celery_checkpoint import CheckpointTask
+
+    app.conf.update(checkpoint_store_url=store_url, checkpoint_key_prefix=store_prefix)
+
+    @app.task(base=CheckpointTask, bind=True, name=CHECKPOINT_NOOP, shared=False)
+    def checkpoint_noop(self: Any) -> None:
+        """Never touches its checkpointer: the cost of the base class alone."""
+        return None
+
+    @app.task(base=CheckpointTask, bind=True, name=CHECKPOINT_SAVE, shared=False)
+    def checkpoint_save(self: Any, checkpoint: Any) -> None:
+        """Loads (nothing there), saves once (a create), completes (finish)."""
+        state = checkpoint.load() or {"step": 0}
+        checkpoint.save({"step": state["step"] + 1})
+
+    @app.task(base=CheckpointTask, bind=True, name=RESUMABLE, shared=False)
+    def resumable(self: Any, checkpoint: Any) -> None:
+        """What the resume scan re-enqueues (never run by the scan benchmark)."""
+        checkpoint.load()
+
+    return app

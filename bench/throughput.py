@@ -1,0 +1,231 @@
+"""Figures 4 and 5: tasks/s of a real ``celery worker -P prefork -c 2``, Redis broker.
+
+One run: enqueue N no-argument tasks (``ignore_result``) while no worker
+is up, start a fresh worker on that queue, and time from the moment it takes
+its first message to the moment the queue and the broker's unacked set are
+both empty. Worker start-up and shutdown are outside the timed window. The
+queue is watched from here with LLEN/HLEN, slowly while it is long and every
+2 ms near both ends, so the watching costs the worker next to nothing.
+
+Three variants run in rotating order, round after round: the plain Celery
+task (its worker does not import celery_checkpoint), a ``CheckpointTask``
+whose body never touches its checkpointer, and one that loads, saves once
+and completes. Each figure is the median of the checkpointed runs over the
+median of the plain runs of the same rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .apps import CHECKPOINT_NOOP, CHECKPOINT_SAVE, PLAIN_NOOP, make_app
+from .common import ROOT, Context
+from .report import Figure, alternate, median
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    task: str
+    checkpoint: bool
+
+
+PLAIN = Variant("plain", PLAIN_NOOP, checkpoint=False)
+NOOP = Variant("checkpoint-noop", CHECKPOINT_NOOP, checkpoint=True)
+SAVE = Variant("checkpoint-save", CHECKPOINT_SAVE, checkpoint=True)
+
+
+class WorkerProcess:
+    """A ``celery worker`` of this run, stopped by its pid."""
+
+    def __init__(self, env: dict[str, str], name: str, queue: str, log: Path) -> None:
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.worker_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "-Q",
+            queue,
+            "-n",
+            f"{name}@%h",
+            "--loglevel",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ]
+        with open(log, "ab") as handle:
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)  # warm shutdown
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: it and its pool
+                self.proc.wait(10)
+
+
+class Runner:
+    def __init__(self, ctx: Context, n: int) -> None:
+        self.ctx = ctx
+        self.n = n
+        self.keyprefix = f"{ctx.namespace}:broker:"
+        self.client = ctx.client()
+        self.runs = 0
+        self.saved: list[int] = []
+
+    def env(self, variant: Variant, queue: str, store_prefix: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "BENCH_BROKER_URL": self.ctx.redis_url,
+                "BENCH_KEYPREFIX": self.keyprefix,
+                "BENCH_QUEUE": queue,
+                "BENCH_CHECKPOINT": "1" if variant.checkpoint else "0",
+                "BENCH_STORE_URL": self.ctx.redis_url if variant.checkpoint else "",
+                "BENCH_STORE_PREFIX": store_prefix,
+                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
+            }
+        )
+        return env
+
+    def once(self, variant: Variant) -> float:
+        self.runs += 1
+        queue = f"tp-{variant.name}-{self.runs}"
+        store_prefix = f"{self.ctx.namespace}:tp{self.runs}:"
+        app = make_app(
+            self.ctx.redis_url,
+            keyprefix=self.keyprefix,
+            queue=queue,
+            checkpoint=variant.checkpoint,
+            store_url=self.ctx.redis_url if variant.checkpoint else None,
+            store_prefix=store_prefix,
+        )
+        task = app.tasks[variant.task]
+        with app.producer_or_acquire() as producer:
+            for _ in range(self.n):
+                task.apply_async(producer=producer)
+        qkey, ukey = self.keyprefix + queue, self.keyprefix + "unacked"
+        queued = int(self.client.llen(qkey))
+        if queued != self.n:
+            raise RuntimeError(f"{queued} messages in {qkey}, expected {self.n}")
+
+        name = f"bench-{variant.name}-{self.runs}"
+        worker = WorkerProcess(
+            self.env(variant, queue, store_prefix), name, queue, self.ctx.workdir / "logs" / f"{name}.log"
+        )
+        try:
+            t0 = self._first_taken(worker, qkey)
+            t1 = self._drained(worker, qkey, ukey)
+        finally:
+            worker.stop()
+            app.close()
+        if variant is SAVE:
+            # Each run saved and completed: a "done" marker per task, no record left.
+            done = sum(1 for _ in self.client.scan_iter(match=f"{store_prefix}done:*", count=5000))
+            left = sum(1 for _ in self.client.scan_iter(match=f"{store_prefix}task:*", count=5000))
+            if done != self.n or left:
+                raise RuntimeError(f"{variant.name}: {done} tasks completed a checkpoint, {left} left over")
+            self.saved.append(done)
+        self.ctx.forget_keys(f"{store_prefix}*")
+        rate = self.n / (t1 - t0)
+        self.ctx.log(f"   {variant.name:16s} {rate:7.1f} tasks/s")
+        return rate
+
+    def _first_taken(self, worker: WorkerProcess, qkey: str) -> float:
+        deadline = time.monotonic() + 60
+        while True:
+            if int(self.client.llen(qkey)) < self.n:
+                return time.perf_counter()
+            if worker.exited() or time.monotonic() > deadline:
+                raise RuntimeError(f"worker never consumed its queue:\n{worker.output()}")
+            time.sleep(0.002)
+
+    def _drained(self, worker: WorkerProcess, qkey: str, ukey: str) -> float:
+        deadline = time.monotonic() + 600
+        near_end = max(50, self.n // 30)
+        while True:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.llen(qkey)
+            pipe.hlen(ukey)
+            waiting, unacked = (int(v) for v in pipe.execute())
+            if waiting == 0 and unacked == 0:
+                return time.perf_counter()
+            if worker.exited() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"worker stopped with {waiting} queued, {unacked} unacked:\n{worker.output()}"
+                )
+            time.sleep(0.002 if waiting + unacked <= near_end else 0.05)
+
+
+def throughput(ctx: Context) -> list[Figure]:
+    n = 200 if ctx.quick else 3000
+    repeats = 1 if ctx.quick else 7
+    runner = Runner(ctx, n)
+    try:
+        samples = alternate(
+            {v.name: (lambda v=v: runner.once(v)) for v in (PLAIN, NOOP, SAVE)},
+            repeats,
+        )
+    finally:
+        runner.client.close()
+        ctx.forget_keys(f"{runner.keyprefix}*")
+    plain = samples[PLAIN.name]
+    info = f"{n} tasks per run, {repeats} runs per variant"
+    return [
+        Figure(
+            key="4",
+            name="throughput, CheckpointTask not touching its checkpointer vs plain task",
+            unit="tasks/s",
+            ours=median(samples[NOOP.name]),
+            baseline=median(plain),
+            check="ratio>=",
+            limit=0.97,
+            ours_samples=samples[NOOP.name],
+            baseline_samples=plain,
+            higher_is_better=True,
+            info=info,
+        ),
+        Figure(
+            key="5",
+            name="throughput, task that loads + saves once + completes vs plain task",
+            unit="tasks/s",
+            ours=median(samples[SAVE.name]),
+            baseline=median(plain),
+            check="ratio>=",
+            limit=0.9,
+            ours_samples=samples[SAVE.name],
+            baseline_samples=plain,
+            higher_is_better=True,
+            info=info,
+        ),
+    ]
+
+
+def run(ctx: Context) -> list[Figure]:
+    ctx.log("4, 5: worker throughput (real prefork workers, Redis broker)")
+    return throughput(ctx)

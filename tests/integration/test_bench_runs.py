@@ -1,0 +1,94 @@
+"""The benchmark suite (``python -m bench``) runs end to end.
+
+Smoke runs only (``--quick``): they prove every benchmark still works against
+the current code -- real redis-server, real workers, real scan -- and that
+the table comes out. No timing is asserted; the figures of a quick run mean
+nothing, and CI machines are too noisy for targets anyway.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.harness import ROOT, RedisServer, require
+
+pytestmark = pytest.mark.integration
+
+
+def run_bench(*args: str, timeout: float = 240) -> str:
+    require(
+        shutil.which("redis-server") is not None,
+        "redis-server is not installed (apt-get install redis-server)",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def markdown_rows(out: str) -> dict[str, list[str]]:
+    """Figure key -> the cells of its markdown row."""
+    found = {}
+    for line in out.splitlines():
+        if line.startswith("| ") and not line.startswith("| figure") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            found[cells[0].split(".", 1)[0]] = cells
+    return found
+
+
+def test_in_process_benchmarks_print_every_figure() -> None:
+    out = run_bench("--only", "micro,redis,sqlite,long", "--markdown")
+    assert "| figure | ours | baseline | ratio | target | result |" in out
+    rows = markdown_rows(out)
+    assert sorted(rows) == ["1", "2a", "2b", "3a", "3b", "6"]
+    for cells in rows.values():
+        assert len(cells) == 6
+        assert cells[3].endswith("x")  # every one of these figures is a ratio
+        assert cells[5] in ("PASS", "FAIL")
+
+
+def test_worker_and_scan_benchmarks_run(tmp_path: Path) -> None:
+    report = tmp_path / "report.md"
+    out = run_bench("--only", "throughput,scan", "--output", str(report))
+    for key in ("4.", "5.", "7a.", "7b.", "7c."):
+        assert any(line.startswith(key) for line in out.splitlines()), out
+    text = report.read_text()
+    assert "| figure | ours | baseline | ratio | target | result |" in text
+    assert sorted(markdown_rows(text)) == ["4", "5", "7a", "7b", "7c"]
+    assert "redis-server" in text  # the versions line
+
+
+def test_a_given_redis_is_used_and_left_as_it_was(private_redis: RedisServer) -> None:
+    url = f"{private_redis.url}/5"
+    client = redis.Redis.from_url(url)
+    client.flushdb()  # this session's own server
+    client.set("someone-else", "keeps this")
+    try:
+        run_bench("--redis-url", url, "--only", "micro,redis,long")
+        assert client.keys("*") == [b"someone-else"]
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def test_unknown_group_is_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "unknown group" in proc.stderr
