@@ -122,9 +122,17 @@ class CheckpointTask(Task):  # type: ignore[misc]
 
     @property
     def checkpoint(self) -> AnyCheckpointer:
-        """The current run's checkpointer (a no-op one outside a run)."""
-        handle: AnyCheckpointer | None = getattr(self.request, "checkpoint", None)
-        return handle if handle is not None else NullCheckpointer()
+        """The current run's checkpointer (a no-op one outside a run).
+
+        Created on first use, so a task that never asks for it pays nothing.
+        """
+        request = self.request
+        handle: AnyCheckpointer | None = getattr(request, "checkpoint", None)
+        if handle is None:
+            if request.called_directly or request.id is None:
+                return NullCheckpointer()
+            handle = request.checkpoint = self._open_checkpointer(request)
+        return handle
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
@@ -132,15 +140,16 @@ class CheckpointTask(Task):  # type: ignore[misc]
             if self._takes_checkpoint_arg:
                 kwargs[CHECKPOINT_ARG] = NullCheckpointer()
             return super().__call__(*args, **kwargs)
-        handle = self._open_checkpointer(request)
-        request.checkpoint = handle
+        request.checkpoint = None
         if self._takes_checkpoint_arg:
-            kwargs[CHECKPOINT_ARG] = handle
+            kwargs[CHECKPOINT_ARG] = self.checkpoint
         try:
-            if isinstance(handle, Checkpointer) and _suspect_delivery(request):
+            if _suspect_delivery(request):
                 # A redelivery or a retry may race a live run of the same id:
                 # settle ownership before the body has any side effect.
-                handle.begin()
+                handle = self.checkpoint
+                if isinstance(handle, Checkpointer):
+                    handle.begin()
             return self.run(*args, **kwargs)
         except DuplicateRun as exc:
             logger.warning("%s", exc)
@@ -152,7 +161,9 @@ class CheckpointTask(Task):  # type: ignore[misc]
             logger.warning("task %s: checkpoint store failed; retrying in %.1fs: %s", request.id, delay, exc)
             raise self.retry(exc=exc, countdown=delay) from exc
         finally:
-            handle.close()
+            opened = request.checkpoint
+            if opened is not None:
+                opened.close()
 
     def retry(
         self,
