@@ -26,7 +26,7 @@ from .errors import (
     DuplicateRun,
 )
 from .ownership import Decision, decide
-from .record import CheckpointRecord, EncodedState, NewCheckpoint, Status, decode, encode
+from .record import CheckpointRecord, EncodedState, NewCheckpoint, Status, decode, encode, worker_host
 from .runtime import runs_in_process
 from .stores.base import CheckpointStore
 
@@ -350,5 +350,5 @@ class Checkpointer:
             "checkpoint_progress": self.progress,
             "checkpoint_saved_at": self.saved_at,
             "checkpoint_resume_count": self.resume_count,
-            "checkpoint_owner": self.owner.rsplit("|", 1)[0],
+            "checkpoint_owner": worker_host(self.owner),
         }

@@ -122,10 +122,6 @@ class Steward:
 _steward: Steward | None = None
 
 
-def current_steward() -> Steward | None:
-    return _steward
-
-
 def _name_this_start(sender: str | None = None, **_: Any) -> None:
     if sender:
         start_worker_identity(sender)
