@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_store_retry_delay": 5.0,
     "checkpoint_events": None,
     "checkpoint_resume_on_start": True,
+    "checkpoint_requeue_after": 300.0,
 }
 
 
@@ -44,6 +45,7 @@ class CheckpointConfig:
     store_retry_delay: float
     events: bool | None
     resume_on_start: bool
+    requeue_after: float
 
     @classmethod
     def from_sources(cls, conf: Any, task: Any = None) -> CheckpointConfig:

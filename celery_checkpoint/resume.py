@@ -54,12 +54,22 @@ class ScanReport:
 class Resumer:
     """Claims interrupted checkpoints and re-enqueues their tasks."""
 
-    def __init__(self, app: Any, store: CheckpointStore, claimer: str, released_grace: float = 0.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        store: CheckpointStore,
+        claimer: str,
+        released_grace: float = 0.0,
+        queued_grace: float | None = None,
+    ) -> None:
         self.app = app
         self.store = store
         self.claimer = claimer
         #: How long a checkpoint handed off at shutdown is left to its requeued message.
         self.released_grace = released_grace
+        #: How long a re-enqueued checkpoint may wait for its message before it is
+        #: sent again (a broker can lose an in-flight message when a consumer dies).
+        self.queued_grace = queued_grace
         self._reported: set[tuple[str, str]] = set()
 
     def scan(self, revoked: Container[str] = ()) -> ScanReport:
@@ -107,7 +117,12 @@ class Resumer:
             return self._bad(task_id, str(exc))
 
         claim = self.store.claim(
-            task_id, candidate.owner, self.claimer, task.checkpoint_config.max_resumes, self.released_grace
+            task_id,
+            candidate.owner,
+            self.claimer,
+            task.checkpoint_config.max_resumes,
+            self.released_grace,
+            self.queued_grace,
         )
         if claim.outcome is ClaimOutcome.GONE or claim.record is None:
             return Outcome.GONE

@@ -54,7 +54,9 @@ class Steward:
         self.store = store
         self.config = config
         self.worker_id = worker_id
-        self.resumer = Resumer(app, store, worker_id, released_grace=config.lease_ttl)
+        self.resumer = Resumer(
+            app, store, worker_id, released_grace=config.lease_ttl, queued_grace=config.requeue_after
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.registered = False

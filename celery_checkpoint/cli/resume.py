@@ -43,7 +43,8 @@ def resume(ctx: click.Context, task_id: str | None, all_interrupted: bool, store
         if task_id:
             candidates = [_resumable(session, task_id)]
         else:
-            candidates = session.store.interrupted()
+            interrupted = {e.task_id for e in session.entries() if e.state == "interrupted"}
+            candidates = [c for c in session.store.interrupted() if c.task_id in interrupted]
             if not candidates:
                 raise Refused("no interrupted checkpoint to resume")
         outcomes = _resume_all(session, candidates)

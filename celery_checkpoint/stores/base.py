@@ -128,20 +128,30 @@ class CheckpointStore(Protocol):
     def interrupted(self) -> list[Candidate]:
         """Checkpoints whose run is over without an outcome.
 
-        Reads only the owners whose lease ended and the released set, so its
-        cost grows with the interrupted checkpoints, not the live ones.
+        Reads only the owners whose lease ended and the unowned (released or
+        queued) checkpoints, so its cost grows with the interrupted ones, not
+        the live ones.
         """
         ...
 
     def claim(
-        self, task_id: str, expected_owner: str, claimer: str, max_resumes: int, released_grace: float = 0.0
+        self,
+        task_id: str,
+        expected_owner: str,
+        claimer: str,
+        max_resumes: int,
+        released_grace: float = 0.0,
+        queued_grace: float | None = None,
     ) -> Claim:
         """Atomically take an interrupted checkpoint for re-enqueueing.
 
         A ``released`` checkpoint (handed off at shutdown, its message
-        requeued) is claimable only once its last save is ``released_grace``
-        seconds old: the requeued message normally resumes it first, and
-        the scan is the safety net if that message was lost.
+        requeued) is claimable only ``released_grace`` seconds after it was
+        parked: the requeued message normally resumes it first, and the scan
+        is the safety net if that message was lost. Likewise an unowned
+        ``queued`` one (re-enqueued, its message in the broker) after
+        ``queued_grace`` seconds (``None``: never); claiming it again sends a
+        duplicate, which the ownership rule drops, and is not a resume.
 
         Exactly one of several concurrent claimers gets ``CLAIMED``. A record
         already resumed ``max_resumes`` times becomes ``POISONED`` instead.

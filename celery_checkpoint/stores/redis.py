@@ -9,7 +9,7 @@ key                          type    holds
 ``p + owned:<worker id>``    set     task ids a worker start owns (running/queued)
 ``p + owners``               set     every worker id that owns or owned a record
 ``p + workers``              hash    worker id -> lease expiry (server ms)
-``p + released``             set     task ids handed off at shutdown
+``p + released``             set     unowned task ids: handed off, or re-enqueued
 ``p + done:<task id>``       string  "finished" marker, expires after done TTL
 ==========================  ======  =============================================
 
@@ -294,7 +294,13 @@ class RedisStore:
         return self._forget(keys=[self.owned_key(owner), self.owners_key, self.workers_key], args=[owner])
 
     def claim(
-        self, task_id: str, expected_owner: str, claimer: str, max_resumes: int, released_grace: float = 0.0
+        self,
+        task_id: str,
+        expected_owner: str,
+        claimer: str,
+        max_resumes: int,
+        released_grace: float = 0.0,
+        queued_grace: float | None = None,
     ) -> Claim:
         reply = self._call(
             "claim",
@@ -308,7 +314,14 @@ class RedisStore:
                     self.owners_key,
                     self.workers_key,
                 ],
-                args=[task_id, expected_owner, claimer, max_resumes, int(released_grace * 1000)],
+                args=[
+                    task_id,
+                    expected_owner,
+                    claimer,
+                    max_resumes,
+                    int(released_grace * 1000),
+                    "" if queued_grace is None else int(queued_grace * 1000),
+                ],
             ),
         )
         outcome = {0: ClaimOutcome.GONE, 1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.POISONED}[int(reply[0])]

@@ -89,22 +89,26 @@ redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 return 1
 """
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] unowned set
 # ARGV[1] task id, ARGV[2] fence, ARGV[3] new status
-#   ('waiting' | 'released' | 'queued' | 'poisoned'); a parked record has no owner
+#   ('waiting' | 'released' | 'queued' | 'poisoned'); a parked record has no owner.
+#   Released and queued records join the unowned set the scan reads.
 # -> 1 when parked, 0 when fenced out
-PARK = """
+PARK = (
+    NOW_MS
+    + """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'owner', '', 'pid', 0)
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'owner', '', 'pid', 0, 'parked_at', now_ms())
 redis.call('SREM', KEYS[2], ARGV[1])
-if ARGV[3] == 'released' then
+if ARGV[3] == 'released' or ARGV[3] == 'queued' then
   redis.call('SADD', KEYS[3], ARGV[1])
 else
   redis.call('SREM', KEYS[3], ARGV[1])
 end
 return 1
 """
+)
 
 # KEYS[1] workers hash
 # ARGV[1] worker id, ARGV[2] TTL in ms, ARGV[3] '<node name>|' (1 = first start)
@@ -137,21 +141,35 @@ return out
 # KEYS[1] record, KEYS[2] expected owner's set, KEYS[3] claimer's set,
 # KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash
 # ARGV[1] task id, ARGV[2] expected owner, ARGV[3] claimer, ARGV[4] max resumes,
-# ARGV[5] released grace in ms (a released record is claimable once its last save is that old)
+# ARGV[5] released grace in ms, ARGV[6] queued grace in ms ('' = never): how long
+# after it was parked an unowned released / queued record becomes claimable.
+# Claiming an unowned queued record again is a re-send, not a resume.
 # -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned
 CLAIM = (
     NOW_MS
     + """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'saved_at')
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at')
 if not h[1] then
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('SREM', KEYS[4], ARGV[1])
   return {0}
 end
+local parked_for = now_ms() - tonumber(h[4] or 0)
+if h[1] == 'queued' and h[2] == '' then
+  if ARGV[6] == '' or parked_for < tonumber(ARGV[6]) then return {0} end
+  redis.call('SREM', KEYS[4], ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'fence', 1)
+  redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[3])
+  local out = {1}
+  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+  return out
+end
 local claimable = false
 if h[1] == 'released' then
-  claimable = now_ms() - tonumber(h[4]) * 1000 >= tonumber(ARGV[5])
-elseif (h[1] == 'running' or h[1] == 'queued') and h[2] == ARGV[2] then
+  claimable = parked_for >= tonumber(ARGV[5])
+elseif (h[1] == 'running' or h[1] == 'queued') and h[2] ~= '' and h[2] == ARGV[2] then
   -- a worker may always claim its own runs: it knows when one was lost
   claimable = h[2] == ARGV[3] or not alive(KEYS[6], h[2])
 end

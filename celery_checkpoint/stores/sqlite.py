@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     content_encoding TEXT NOT NULL,
     envelope BLOB NOT NULL,
     envelope_type TEXT NOT NULL,
-    envelope_encoding TEXT NOT NULL
+    envelope_encoding TEXT NOT NULL,
+    parked_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS checkpoints_by_owner ON checkpoints (owner, status);
 CREATE INDEX IF NOT EXISTS checkpoints_by_status ON checkpoints (status);
@@ -241,9 +242,9 @@ class SQLiteStore:
     def park(self, task_id: str, fence: int, owner: str, status: Status) -> bool:
         with self._errors("park", task_id):
             cur = self._connection().execute(
-                "UPDATE checkpoints SET status = ?, owner = '', pid = 0, fence = fence + 1 "
+                "UPDATE checkpoints SET status = ?, owner = '', pid = 0, fence = fence + 1, parked_at = ? "
                 "WHERE task_id = ? AND fence = ?",
-                (status.value, task_id, fence),
+                (status.value, time.time(), task_id, fence),
             )
         return cur.rowcount == 1
 
@@ -289,28 +290,51 @@ class SQLiteStore:
                 ):
                     conn.execute("DELETE FROM workers WHERE worker_id = ?", (owner,))
             released = conn.execute(
-                "SELECT task_id, owner FROM checkpoints WHERE status = ?", (Status.RELEASED.value,)
+                "SELECT task_id, owner FROM checkpoints WHERE status IN (?, ?) AND owner = ''",
+                (Status.RELEASED.value, Status.QUEUED.value),
             ).fetchall()
             found.extend(Candidate(task_id, owner) for task_id, owner in released)
         return found
 
     def claim(
-        self, task_id: str, expected_owner: str, claimer: str, max_resumes: int, released_grace: float = 0.0
+        self,
+        task_id: str,
+        expected_owner: str,
+        claimer: str,
+        max_resumes: int,
+        released_grace: float = 0.0,
+        queued_grace: float | None = None,
     ) -> Claim:
         now = time.time()
         with self._transaction("claim", task_id) as conn:
             row = conn.execute(
-                "SELECT c.status, c.owner, c.resume_count, c.saved_at, w.expires FROM checkpoints c "
+                "SELECT c.status, c.owner, c.resume_count, c.parked_at, w.expires FROM checkpoints c "
                 "LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
                 (task_id,),
             ).fetchone()
             if row is None:
                 return Claim(ClaimOutcome.GONE)
-            status, owner, resume_count, saved_at, expires = row
+            status, owner, resume_count, parked_at, expires = row
             owner_alive = expires is not None and expires > now
-            claimable = (status == Status.RELEASED.value and now - saved_at >= released_grace) or (
+            resend = status == Status.QUEUED.value and owner == "" and queued_grace is not None
+            if resend:
+                if now - parked_at < (queued_grace or 0.0):
+                    return Claim(ClaimOutcome.GONE)
+                conn.execute(
+                    "UPDATE checkpoints SET owner = ?, fence = fence + 1 WHERE task_id = ?",
+                    (claimer, task_id),
+                )
+                _remember_owner(conn, claimer)
+                row = conn.execute(
+                    f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,)
+                ).fetchone()
+                return Claim(ClaimOutcome.CLAIMED, _record(row))
+            claimable = (status == Status.RELEASED.value and now - parked_at >= released_grace) or (
                 # a worker may always claim its own runs: it knows when one was lost
-                status in ACTIVE and owner == expected_owner and (owner == claimer or not owner_alive)
+                status in ACTIVE
+                and owner != ""
+                and owner == expected_owner
+                and (owner == claimer or not owner_alive)
             )
             if not claimable:
                 return Claim(ClaimOutcome.GONE)

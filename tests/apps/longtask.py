@@ -24,6 +24,7 @@ app.conf.update(
     checkpoint_store_url=os.environ.get("CC_STORE_URL"),
     checkpoint_throttle=float(os.environ.get("CC_THROTTLE", "0.2")),
     checkpoint_lease_ttl=float(os.environ.get("CC_LEASE_TTL", "30")),
+    checkpoint_requeue_after=float(os.environ.get("CC_REQUEUE_AFTER", "300")),
     checkpoint_sweep_interval=float(os.environ.get("CC_SWEEP_INTERVAL", "10")),
     checkpoint_max_resumes=int(os.environ.get("CC_MAX_RESUMES", "5")),
     checkpoint_on_store_error=os.environ.get("CC_ON_STORE_ERROR", "retry"),

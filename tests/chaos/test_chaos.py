@@ -74,6 +74,7 @@ def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> Non
         visibility_timeout="15",
         store_retry_delay="1",
         max_resumes="50",
+        requeue_after="5",
         note_steps="1",
     ) as c:
         client = connect(c)

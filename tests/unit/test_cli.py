@@ -136,7 +136,7 @@ def corrupt_row(path: Path) -> str:
     with sqlite3.connect(path) as conn:
         conn.execute(
             "INSERT INTO checkpoints VALUES ('broken', 'x', 'bogus', '', 0, 1, 1, 0, NULL, 0, 0, "
-            "x'00', 'application/json', 'utf-8', x'00', 'application/json', 'utf-8')"
+            "x'00', 'application/json', 'utf-8', x'00', 'application/json', 'utf-8', 0)"
         )
     return "broken"
 

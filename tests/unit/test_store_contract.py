@@ -168,3 +168,19 @@ def test_a_released_checkpoint_is_left_to_its_requeued_message_for_a_grace_perio
     store.park("t1", 1, W1, Status.RELEASED)
     assert store.claim("t1", "", W2, 5, released_grace=60).outcome is ClaimOutcome.GONE
     assert store.claim("t1", "", W2, 5, released_grace=0).outcome is ClaimOutcome.CLAIMED
+
+
+def test_a_reenqueued_checkpoint_is_sent_again_only_after_its_grace_and_not_as_a_resume(
+    store: CheckpointStore,
+) -> None:
+    store.create("t1", _new(W2))  # W2 never registered: dead
+    claimed = store.claim("t1", W2, W1, 5)
+    assert claimed.record is not None and claimed.record.resume_count == 1
+    assert store.park("t1", claimed.record.fence, W1, Status.QUEUED)  # its message is in the broker
+    assert [c.task_id for c in store.interrupted()] == ["t1"]
+    assert store.claim("t1", "", W1, 5).outcome is ClaimOutcome.GONE, "no re-send without a grace"
+    assert store.claim("t1", "", W1, 5, queued_grace=60).outcome is ClaimOutcome.GONE
+    again = store.claim("t1", "", W1, 5, queued_grace=0)
+    assert again.outcome is ClaimOutcome.CLAIMED and again.record is not None
+    assert again.record.resume_count == 1, "a re-send is not a resume"
+    assert again.record.fence > claimed.record.fence
