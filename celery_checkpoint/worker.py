@@ -61,6 +61,10 @@ class Steward:
         self._thread: threading.Thread | None = None
         self.registered = False
         self.scans = 0
+        #: No scan before this (monotonic) time: after a store outage every
+        #: worker's lease lapsed, so give the others a lease TTL to renew
+        #: before treating them as dead.
+        self._quiet_until = 0.0
 
     def register(self) -> None:
         try:
@@ -89,7 +93,8 @@ class Steward:
         next_scan = 0.0
         while not self._stop.is_set():
             self._renew()
-            if self.config.resume_on_start and time.monotonic() >= next_scan:
+            now = time.monotonic()
+            if self.config.resume_on_start and now >= next_scan and now >= self._quiet_until:
                 self.scan()
                 next_scan = time.monotonic() + self.config.sweep_interval
             self._stop.wait(tick)
@@ -103,8 +108,10 @@ class Steward:
                 self.registered = True
         except CheckpointError as exc:
             logger.warning("checkpoint lease not renewed: %s", exc)
+            self._quiet_until = time.monotonic() + self.config.lease_ttl
         except Exception:
             logger.exception("checkpoint lease renewal crashed, will retry")
+            self._quiet_until = time.monotonic() + self.config.lease_ttl
 
     def scan(self) -> None:
         try:
