@@ -125,6 +125,7 @@ class ScanCase:
             )
         client.delete(self.queue_key)
         client.unlink(*(self.store.record_key(t) for t in ids))
+        client.srem(self.store.released_key, *ids)  # resumed ones wait there for their message
         return elapsed
 
     def close(self) -> None:

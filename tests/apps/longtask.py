@@ -30,7 +30,13 @@ app.conf.update(
     checkpoint_on_store_error=os.environ.get("CC_ON_STORE_ERROR", "retry"),
     checkpoint_store_retry_delay=float(os.environ.get("CC_STORE_RETRY_DELAY", "1")),
     worker_prefetch_multiplier=1,
-    broker_transport_options={"visibility_timeout": float(os.environ.get("CC_VISIBILITY_TIMEOUT", "3600"))},
+    broker_transport_options={
+        "visibility_timeout": float(os.environ.get("CC_VISIBILITY_TIMEOUT", "3600")),
+        # How often kombu looks for unacked messages of dead consumers (default 10 x 10 s):
+        # Celery's own recovery for a message whose task had not checkpointed yet.
+        "unacked_restore_interval": float(os.environ.get("CC_RESTORE_INTERVAL", "10")),
+        "unacked_restore_throttle": int(os.environ.get("CC_RESTORE_THROTTLE", "10")),
+    },
     result_expires=3600,
     task_track_started=True,
 )

@@ -5,6 +5,12 @@ is SIGKILLed (a killed main process is restarted under the same node name),
 and once the checkpoint store's own redis-server is killed and restarted.
 At the end every task must have succeeded with the right result, exactly once
 in the result backend, with no checkpoint left behind.
+
+A task killed before its first checkpoint (or whose first load failed during
+the outage) has nothing to resume from: it comes back through Celery's own
+acks_late redelivery, which on Redis means kombu restoring the dead
+consumer's unacked message after the visibility timeout. The test makes
+kombu look for those every second instead of every 100 s.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> Non
         store_retry_delay="1",
         max_resumes="50",
         requeue_after="5",
+        restore_interval="1",
+        restore_throttle="1",
         note_steps="1",
     ) as c:
         client = connect(c)
