@@ -168,7 +168,13 @@ def test_without_flower_the_fields_are_still_added(
 @pytest.fixture
 def flower_options() -> Iterator[Any]:
     """Flower's (process-global) tornado options, with no formatter; restored afterwards."""
-    options = pytest.importorskip("flower.options").options
+    import importlib.util
+
+    from tests.harness import require
+
+    require(importlib.util.find_spec("flower") is not None, "flower is not installed (pip install flower)")
+    from flower.options import options
+
     saved = options.format_task
     options.format_task = None
     yield options
