@@ -18,6 +18,8 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.states import READY_STATES
+
 from .envelope import parse_envelope
 from .errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
 from .record import CheckpointRecord, Status, accepted_content_types, decode
@@ -116,6 +118,12 @@ class Resumer:
         except (CorruptCheckpoint, ValueError) as exc:
             return self._bad(task_id, str(exc))
 
+        if _result_is_final(task, task_id):
+            # It finished, but its run could not delete the checkpoint (the
+            # store was down at that moment): remove it rather than run again.
+            self.store.delete(task_id)
+            logger.info("task %s already has its final result: its checkpoint is removed", task_id)
+            return Outcome.GONE
         claim = self.store.claim(
             task_id,
             candidate.owner,
@@ -169,6 +177,14 @@ class Resumer:
                 problem,
             )
         return Outcome.BAD
+
+
+def _result_is_final(task: Any, task_id: str) -> bool:
+    """Whether the result backend already holds SUCCESS, FAILURE or REVOKED."""
+    try:
+        return task.AsyncResult(task_id).state in READY_STATES
+    except Exception:  # no backend, or it is down: decide by the checkpoint alone
+        return False
 
 
 def mark_poisoned(task: Any, record: CheckpointRecord) -> None:
