@@ -47,7 +47,12 @@ def populate(store: RedisStore, owner: str, count: int, tag: str) -> list[str]:
         ids.append(task_id)
         envelope = json.dumps({"args": [], "kwargs": {}, "options": {"task_id": task_id}}).encode()
         create(
-            keys=[store.record_key(task_id), store.owned_key(owner), store.owners_key],
+            keys=[
+                store.record_key(task_id),
+                store.owned_key(owner),
+                store.owners_key,
+                store.state_key(task_id),
+            ],
             args=[
                 task_id,
                 owner,
@@ -124,7 +129,7 @@ class ScanCase:
                 f"expected {self.interrupted}"
             )
         client.delete(self.queue_key)
-        client.unlink(*(self.store.record_key(t) for t in ids))
+        client.unlink(*(self.store.record_key(t) for t in ids), *(self.store.state_key(t) for t in ids))
         client.srem(self.store.released_key, *ids)  # resumed ones wait there for their message
         return elapsed
 

@@ -16,6 +16,7 @@ from typing import Any
 from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError
 from kombu.serialization import dumps, loads, prepare_accept_content
 
+from . import fastjson
 from .errors import CheckpointSerializationError, CheckpointStateTooLarge, CorruptCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -123,8 +124,21 @@ def worker_host(owner: str) -> str:
     return owner.rsplit(WORKER_ID_SEPARATOR, 1)[0]
 
 
+JSON = "json"
+JSON_CONTENT_TYPE = "application/json"
+
+
 def encode(value: Any, serializer: str, *, what: str, task_id: str, limit: int) -> EncodedState:
-    """Serialize ``value``; the error names the task and the offending type."""
+    """Serialize ``value``; the error names the task and the offending type.
+
+    JSON takes orjson's fast path when it yields what kombu would decode
+    to the same value (see :mod:`.fastjson`); everything else goes through
+    kombu's registry exactly as a Celery message would.
+    """
+    if serializer == JSON:
+        fast = fastjson.dumps(value)
+        if fast is not None:
+            return _sized(EncodedState(fast, JSON_CONTENT_TYPE, "utf-8"), what, task_id, limit)
     try:
         content_type, content_encoding, payload = dumps(value, serializer=serializer)
     except (EncodeError, TypeError, ValueError) as exc:
@@ -134,12 +148,17 @@ def encode(value: Any, serializer: str, *, what: str, task_id: str, limit: int) 
             "(dict, list, str, int, float, bool, None; datetime/UUID/Decimal with json)."
         ) from exc
     data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-    if len(data) > limit:
+    return _sized(EncodedState(data, content_type, content_encoding), what, task_id, limit)
+
+
+def _sized(encoded: EncodedState, what: str, task_id: str, limit: int) -> EncodedState:
+    size = len(encoded.payload)
+    if size > limit:
         raise CheckpointStateTooLarge(
-            f"task {task_id}: the checkpoint {what} is {len(data)} bytes, over "
+            f"task {task_id}: the checkpoint {what} is {size} bytes, over "
             f"checkpoint_max_state_bytes={limit}; nothing was saved"
         )
-    return EncodedState(data, content_type, content_encoding)
+    return encoded
 
 
 def decode(encoded: EncodedState, accept: frozenset[str], *, task_id: str) -> Any:

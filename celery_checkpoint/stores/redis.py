@@ -1,11 +1,18 @@
 """The production store: Redis, one round trip per persisted save.
 
+A save writes the state's bytes with a plain ``SET`` to a key named after the
+writer's fence and, in the same write to the socket, runs a script that
+checks the fence and ``RENAME``-s that key into place: the bytes never pass
+through Lua, which copies every argument into its VM (see :mod:`.redis_lua`).
+
 Key layout (``p`` is ``checkpoint_key_prefix``, default ``checkpoint:``):
 
 ==========================  ======  =============================================
 key                          type    holds
 ==========================  ======  =============================================
 ``p + task:<task id>``       hash    the record (see :mod:`.redis_lua`)
+``p + state:<task id>``      string  the last saved state's bytes
+``p + incoming:<id>:<n>``    string  a save in flight from the run with fence n
 ``p + owned:<worker id>``    set     task ids a worker start owns (running/queued)
 ``p + owners``               set     every worker id that owns or owned a record
 ``p + workers``              hash    worker id -> lease expiry (server ms)
@@ -43,6 +50,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 T = TypeVar("T")
 
 REQUIRED_FIELDS = ("name", "status", "owner", "fence", "saves", "resumes", "saved_at", "created_at", "state")
+#: An incoming state left behind by a writer that died between its two
+#: commands expires after this long; renamed into place it is made persistent.
+INCOMING_TTL_MS = 600_000
 
 
 class RedisStore:
@@ -98,6 +108,12 @@ class RedisStore:
     def done_key(self, task_id: str) -> str:
         return self.key("done", task_id)
 
+    def state_key(self, task_id: str) -> str:
+        return self.key("state", task_id)
+
+    def incoming_key(self, task_id: str, fence: int) -> str:
+        return self.key("incoming", task_id, str(fence))
+
     @contextmanager
     def _errors(self, op: str, task_id: str | None = None) -> Iterator[None]:
         try:
@@ -148,6 +164,7 @@ class RedisStore:
                     self.owned_key(owner),
                     self.released_key,
                     self.owners_key,
+                    self.state_key(task_id),
                 ],
                 args=[task_id, expected_fence, owner, pid],
             ),
@@ -159,7 +176,12 @@ class RedisStore:
             "save",
             task_id,
             lambda: self._create(
-                keys=[self.record_key(task_id), self.owned_key(new.owner), self.owners_key],
+                keys=[
+                    self.record_key(task_id),
+                    self.owned_key(new.owner),
+                    self.owners_key,
+                    self.state_key(task_id),
+                ],
                 args=[
                     task_id,
                     new.owner,
@@ -181,27 +203,63 @@ class RedisStore:
     def update(
         self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float
     ) -> int | None:
-        # Every persisted save comes through here: EVALSHA straight on the
-        # client, without the Script wrapper, a closure and a context manager.
-        args = (
-            self.record_key(task_id),
-            fence,
-            state.payload,
-            state.content_type,
-            state.content_encoding,
-            "" if progress is None else repr(progress),
-            repr(saved_at),
+        incoming = self.incoming_key(task_id, fence)
+        commands = (
+            ("SET", incoming, state.payload, "PX", INCOMING_TTL_MS),
+            (
+                "EVALSHA",
+                self._update.sha,
+                3,
+                self.record_key(task_id),
+                incoming,
+                self.state_key(task_id),
+                fence,
+                state.content_type,
+                state.content_encoding,
+                "" if progress is None else repr(progress),
+                repr(saved_at),
+            ),
         )
         try:
             try:
-                saves = self.client.evalsha(self._update.sha, 1, *args)
+                _, saves = self._pipelined(commands)
             except redis.exceptions.NoScriptError:  # a restarted or flushed server: load it again
-                saves = self._update(keys=args[:1], args=args[1:])
+                self.client.script_load(redis_lua.UPDATE)
+                _, saves = self._pipelined(commands)
         except redis.RedisError as exc:
             raise CheckpointStoreError(
                 f"task {task_id}: checkpoint store {self.url} failed to save: {exc}"
             ) from exc
         return None if saves is None else int(saves)
+
+    def _pipelined(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+        """Send ``commands`` in one write and read every reply: one round trip.
+
+        What redis-py's ``Pipeline`` does, without building one per call (a
+        save is on the hot path); with the same retry on a dropped
+        connection, and every reply read before an error is raised, so the
+        pooled connection never falls out of step.
+        """
+        pool = self.client.connection_pool
+        conn: Any = pool.get_connection()  # redis-py leaves Connection partly untyped
+
+        def send() -> list[Any]:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            for reply in replies:
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
+            return replies
+
+        try:
+            return list(conn.retry.call_with_retry(send, lambda _error: conn.disconnect()))
+        finally:
+            pool.release(conn)
 
     def finish(self, task_id: str, fence: int, owner: str) -> bool:
         return bool(
@@ -214,6 +272,7 @@ class RedisStore:
                         self.owned_key(owner),
                         self.done_key(task_id),
                         self.released_key,
+                        self.state_key(task_id),
                     ],
                     args=[task_id, fence, self.done_ttl_ms],
                 ),
@@ -313,6 +372,7 @@ class RedisStore:
                     self.released_key,
                     self.owners_key,
                     self.workers_key,
+                    self.state_key(task_id),
                 ],
                 args=[
                     task_id,
@@ -332,8 +392,15 @@ class RedisStore:
     # -- inspection --------------------------------------------------------
 
     def get(self, task_id: str) -> CheckpointRecord | None:
+        def read() -> tuple[dict[bytes, bytes], bytes | None]:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hgetall(self.record_key(task_id))
+            pipe.get(self.state_key(task_id))
+            record, state = pipe.execute()
+            return record, state
+
         try:
-            fields = self._call("read", task_id, lambda: self.client.hgetall(self.record_key(task_id)))
+            fields, state = self._call("read", task_id, read)
         except CheckpointStoreError as exc:
             if isinstance(exc.__cause__, redis.ResponseError):  # WRONGTYPE: not a hash
                 raise CorruptCheckpoint(
@@ -342,12 +409,20 @@ class RedisStore:
             raise
         if not fields:
             return None
-        return _record(task_id, {_text(k): v for k, v in fields.items()})
+        found = {_text(k): v for k, v in fields.items()}
+        if state is not None:
+            found["state"] = state
+        return _record(task_id, found)
 
     def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:
         structural = {self.workers_key, self.owners_key, self.released_key}
         record_prefix = self.record_key("")
-        internal_prefixes = (self.owned_key(""), self.done_key(""))
+        internal_prefixes = (
+            self.owned_key(""),
+            self.done_key(""),
+            self.state_key(""),
+            self.key("incoming", ""),
+        )
         keys = self._call(
             "list",
             None,
@@ -382,7 +457,13 @@ class RedisStore:
 
     def _delete_owned(self, task_id: str, owner: str) -> Any:
         return self._delete(
-            keys=[self.record_key(task_id), self.owned_key(owner), self.released_key], args=[task_id, owner]
+            keys=[
+                self.record_key(task_id),
+                self.owned_key(owner),
+                self.released_key,
+                self.state_key(task_id),
+            ],
+            args=[task_id, owner],
         )
 
     def close(self) -> None:

@@ -6,6 +6,9 @@ locked", and ``BEGIN IMMEDIATE`` around every read-then-write so two
 processes cannot both claim the same checkpoint. Each thread of each process
 opens its own connection (a connection must not cross ``fork``).
 
+``update`` is the hot path (every persisted ``save()``), so it is written
+flat and kept to one statement; see its docstring for what each choice saves.
+
 Worker leases are stored with this host's wall clock, which is the same for
 every process that can open the file.
 """
@@ -16,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -68,6 +72,24 @@ COLUMNS = (
 )
 ACTIVE = (Status.RUNNING.value, Status.QUEUED.value)
 
+# A save when the store knows the run's save count: a compare-and-set on it,
+# so the new count is that plus one, exactly, without reading it back.
+UPDATE_KNOWN = (
+    "UPDATE checkpoints SET state = ?, content_type = ?, content_encoding = ?, "
+    "progress = ?, saved_at = ?, saves = saves + 1 "
+    "WHERE task_id = ? AND fence = ? AND saves = ?"
+)
+# A save when it does not (or the compare-and-set missed): the row says.
+UPDATE_RETURNING = (
+    "UPDATE checkpoints SET state = ?, content_type = ?, content_encoding = ?, "
+    "progress = ?, saved_at = ?, saves = saves + 1 "
+    "WHERE task_id = ? AND fence = ? RETURNING saves"
+)
+# Runs whose save count a store remembers, at most: finished, parked, deleted
+# and fenced-out runs are forgotten as they go, so only runs abandoned some
+# other way accumulate, and this bounds them.
+KNOWN_SAVES_MAX = 1024
+
 
 class SQLiteStore:
     """Checkpoints in a SQLite database file (``sqlite:///path/to/file.db``)."""
@@ -80,6 +102,9 @@ class SQLiteStore:
         self.done_ttl = done_ttl
         self._local = threading.local()
         self._lock: AbstractContextManager[Any] = nullcontext()
+        # task_id -> the save count this store last wrote or read for the run
+        self._saves: dict[str, int] = {}
+        _STORES.add(self)
         self._prepare()
         with self._errors("open"):
             self._connection().executescript(SCHEMA)
@@ -104,12 +129,31 @@ class SQLiteStore:
         return conn
 
     def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            conn = self._connect()
-            local.conn, local.pid = conn, os.getpid()
+        """This thread's connection, opened on first use.
+
+        No ``os.getpid()`` check: a forked child starts with none (see
+        ``_after_fork_in_child``), which saves ~0.3 us a call on the hot path.
+        """
+        try:
+            conn: sqlite3.Connection = self._local.conn
+        except AttributeError:
+            conn = self._local.conn = self._connect()
         return conn
+
+    def _forget_connections(self) -> None:
+        """In a forked child: leave the parent's connections alone, open new ones.
+
+        They are kept referenced, never used nor closed: SQLite forbids using a
+        connection across ``fork``, and closing one (as garbage collection
+        would) could wait forever on a mutex another parent thread held, or
+        drop POSIX locks that a connection of this process holds on the file.
+        """
+        _INHERITED.append(self._local)
+        self._local = threading.local()
+
+    def _failure(self, op: str, task_id: str | None, exc: sqlite3.Error) -> CheckpointStoreError:
+        subject = f"task {task_id}: " if task_id else ""
+        return CheckpointStoreError(f"{subject}checkpoint store {self.url} failed to {op}: {exc}")
 
     @contextmanager
     def _errors(self, op: str, task_id: str | None = None) -> Iterator[None]:
@@ -117,8 +161,13 @@ class SQLiteStore:
             with self._lock:
                 yield
         except sqlite3.Error as exc:
-            subject = f"task {task_id}: " if task_id else ""
-            raise CheckpointStoreError(f"{subject}checkpoint store {self.url} failed to {op}: {exc}") from exc
+            raise self._failure(op, task_id, exc) from exc
+
+    def _know_saves(self, task_id: str, saves: int) -> None:
+        known = self._saves
+        if len(known) >= KNOWN_SAVES_MAX and task_id not in known:
+            known.clear()
+        known[task_id] = saves
 
     @contextmanager
     def _transaction(self, op: str, task_id: str | None = None) -> Iterator[sqlite3.Connection]:
@@ -173,7 +222,9 @@ class SQLiteStore:
                 return None
             _remember_owner(conn, owner)
             row = conn.execute(f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,)).fetchone()
-        return _record(row)
+        record = _record(row)
+        self._know_saves(task_id, record.saves)
+        return record
 
     def create(self, task_id: str, new: NewCheckpoint) -> int | None:
         with self._transaction("save", task_id) as conn:
@@ -200,37 +251,76 @@ class SQLiteStore:
             if cur.rowcount != 1:
                 return None
             _remember_owner(conn, new.owner)
+        self._know_saves(task_id, 1)
         return 1
 
     def update(
         self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float
     ) -> int | None:
-        with self._errors("save", task_id):
-            row = (
-                self._connection()
-                .execute(
-                    "UPDATE checkpoints SET state = ?, content_type = ?, content_encoding = ?, "
-                    "progress = ?, saved_at = ?, saves = saves + 1 "
-                    "WHERE task_id = ? AND fence = ? RETURNING saves",
-                    (
-                        state.payload,
-                        state.content_type,
-                        state.content_encoding,
-                        progress,
-                        saved_at,
-                        task_id,
-                        fence,
-                    ),
-                )
-                .fetchone()
-            )
-        return None if row is None else int(row[0])
+        """One fenced UPDATE in autocommit, as close to a raw upsert as it gets.
+
+        The count comes without ``RETURNING`` when the store knows it: a
+        ``RETURNING`` row costs ~3 us at 1 KB (SQLite buffers it, the statement
+        steps twice, Python builds a row), a third of what the library adds
+        over the raw write. The UPDATE then also requires ``saves`` to be the
+        known count, so when it applies the new count is exactly one more,
+        whoever else shares the file. When it does not (count unknown, another
+        connection saved, or fenced out), ``RETURNING`` decides: two statements,
+        but only on a first save in a process or a lost run.
+
+        No generator context manager either (~1 us): a plain ``try`` and the
+        lock, which the in-memory store needs for its one shared connection.
+        """
+        known = self._saves.get(task_id)
+        try:
+            with self._lock:
+                conn = self._connection()
+                if (
+                    known is not None
+                    and conn.execute(
+                        UPDATE_KNOWN,
+                        (
+                            state.payload,
+                            state.content_type,
+                            state.content_encoding,
+                            progress,
+                            saved_at,
+                            task_id,
+                            fence,
+                            known,
+                        ),
+                    ).rowcount
+                    == 1
+                ):
+                    saves = known + 1
+                else:
+                    row = conn.execute(
+                        UPDATE_RETURNING,
+                        (
+                            state.payload,
+                            state.content_type,
+                            state.content_encoding,
+                            progress,
+                            saved_at,
+                            task_id,
+                            fence,
+                        ),
+                    ).fetchone()
+                    if row is None:
+                        self._saves.pop(task_id, None)
+                        return None
+                    saves = int(row[0])
+        except sqlite3.Error as exc:
+            raise self._failure("save", task_id, exc) from exc
+        self._know_saves(task_id, saves)
+        return saves
 
     def finish(self, task_id: str, fence: int, owner: str) -> bool:
         with self._transaction("delete", task_id) as conn:
             cur = conn.execute("DELETE FROM checkpoints WHERE task_id = ? AND fence = ?", (task_id, fence))
             if cur.rowcount != 1:
                 return False
+            self._saves.pop(task_id, None)
             now = time.time()
             conn.execute(
                 "INSERT OR REPLACE INTO done (task_id, expires) VALUES (?, ?)",
@@ -246,6 +336,7 @@ class SQLiteStore:
                 "WHERE task_id = ? AND fence = ?",
                 (status.value, time.time(), task_id, fence),
             )
+        self._saves.pop(task_id, None)
         return cur.rowcount == 1
 
     # -- workers -----------------------------------------------------------
@@ -384,13 +475,34 @@ class SQLiteStore:
     def delete(self, task_id: str) -> bool:
         with self._errors("delete", task_id):
             cur = self._connection().execute("DELETE FROM checkpoints WHERE task_id = ?", (task_id,))
+        self._saves.pop(task_id, None)
         return cur.rowcount == 1
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        if conn is not None:
             conn.close()
         self._local = threading.local()
+
+
+# Every store of this process, so a forked child can reset their connections.
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+# Connections inherited across fork: held, never used nor closed.
+_INHERITED: list[threading.local] = []
+
+
+def _after_fork_in_child() -> None:
+    """Run by ``os.fork`` in the child (multiprocessing and billiard fork this way).
+
+    Replaces a per-call ``os.getpid()`` comparison: the child's threads find
+    no connection and open their own.
+    """
+    for store in list(_STORES):
+        store._forget_connections()
+
+
+if hasattr(os, "register_at_fork"):  # absent where there is no fork (Windows)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _remember_owner(conn: sqlite3.Connection, owner: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import time
 import uuid
@@ -54,7 +55,7 @@ def test_first_run_loads_none_and_persists(store: CheckpointStore) -> None:
     assert cp.save({"i": 1}) is True
     assert cp.resume_count == 0 and cp.saves == 1
     record = store.get("t1")
-    assert record is not None and record.state.payload == b'{"i": 1}'
+    assert record is not None and json.loads(record.state.payload) == {"i": 1}
 
 
 def test_throttle_skips_inside_window_and_force_overrides(store: CheckpointStore) -> None:
@@ -64,7 +65,7 @@ def test_throttle_skips_inside_window_and_force_overrides(store: CheckpointStore
     assert cp.saves == 1
     assert cp.save({"i": 3}, force=True) is True
     record = store.get("t1")
-    assert record is not None and record.state.payload == b'{"i": 3}'
+    assert record is not None and json.loads(record.state.payload) == {"i": 3}
 
 
 def test_throttle_zero_or_negative_persists_every_call(store: CheckpointStore) -> None:
@@ -95,7 +96,7 @@ def test_a_resumed_run_loads_the_last_state_and_takes_over(store: CheckpointStor
         first.save({"i": 8}, force=True)  # the stale run is fenced out
     assert second.save({"i": 8})
     record = store.get("t1")
-    assert record is not None and record.state.payload == b'{"i": 8}'
+    assert record is not None and json.loads(record.state.payload) == {"i": 8}
 
 
 def test_a_duplicate_delivery_while_the_owner_lives_is_dropped(store: CheckpointStore) -> None:
@@ -233,7 +234,7 @@ def test_shutdown_forces_the_next_save_then_hands_off(store: CheckpointStore) ->
     with pytest.raises(CheckpointHandoff) as info:
         cp.save({"i": 3})
     record = store.get("t1")
-    assert record is not None and record.state.payload == b'{"i": 3}'
+    assert record is not None and json.loads(record.state.payload) == {"i": 3}
     assert record.status is Status.RELEASED
     copy = pickle.loads(pickle.dumps(info.value))  # crosses from pool child to main process
     assert copy.requeue and str(copy) == str(info.value)
