@@ -51,7 +51,7 @@ def populate(store: RedisStore, owner: str, count: int, tag: str) -> list[str]:
                 store.record_key(task_id),
                 store.owned_key(owner),
                 store.owners_key,
-                store.state_key(task_id),
+                store.save_key(task_id, 1),
             ],
             args=[
                 task_id,
@@ -129,7 +129,14 @@ class ScanCase:
                 f"expected {self.interrupted}"
             )
         client.delete(self.queue_key)
-        client.unlink(*(self.store.record_key(t) for t in ids), *(self.store.state_key(t) for t in ids))
+        pipe = client.pipeline(transaction=False)
+        for t in ids:
+            pipe.hget(self.store.record_key(t), "fence")
+        fences = pipe.execute()
+        client.unlink(
+            *(self.store.record_key(t) for t in ids),
+            *(self.store.save_key(t, int(f or 0)) for t, f in zip(ids, fences, strict=True)),
+        )
         client.srem(self.store.released_key, *ids)  # resumed ones wait there for their message
         return elapsed
 

@@ -1,16 +1,21 @@
 """The Lua scripts of the Redis store, each opening with its contract.
 
-Every key a script touches arrives in KEYS (none is built inside Lua), so on
-Redis Cluster the store works when the key prefix carries a hash tag, e.g.
-``{checkpoint}:``. Times come from the server's ``TIME`` so that leases do
-not depend on the clocks of the workers' hosts.
+Times come from the server's ``TIME`` so that leases do not depend on the
+clocks of the workers' hosts. Keys arrive in KEYS, except the save hash of a
+record whose fence the caller cannot know (CLAIM, READ, DELETE build it from
+the prefix in ARGV): on Redis Cluster the store needs a key prefix with a hash
+tag, e.g. ``{checkpoint}:``, which puts every key of the store in one slot.
 
-Record hash fields: name status owner pid fence saves resumes progress
-saved_at created_at ctype cenc env ectype ecenc parked_at. The state's bytes
-live in a string key of their own, so that a save can write them with a plain
-``SET`` and the fenced script only ``RENAME``-s them into place: a value
-passed to a script is copied into the Lua VM and back, ~1.5 ns per byte
-(~100 us for 64 KB, against ~2 us for the ``SET``).
+Record hash (``task:<id>``) fields: name status owner pid fence resumes
+created_at env ectype ecenc parked_at: what changes only when a run starts,
+stops or changes hands. The last save lives in a hash of its own named after
+the fence of the run that owns the record (``save:<id>:<fence>``): state
+ctype cenc progress saved_at saves. A save writes it with plain commands and
+no script (see ``RedisStore.update``): a value passed to a script is copied
+into the Lua VM and out again, ~1.5 ns per byte (~100 us for 64 KB against
+~2 us for a plain write), and a script call costs ~10 us of server time
+whatever it does. A run that lost its fence writes into a key no one reads.
+Every script that moves the fence renames the save hash along with it.
 """
 
 NOW_MS = """
@@ -24,17 +29,17 @@ local function alive(workers, owner)
 end
 """
 
-# The record as HGETALL, with the state appended as its 'state' field
-# (left out when the state key is missing, which the reader reports).
-WITH_STATE = """
-local function with_state(record, state_key, out)
+# with_save: the record's and its save's fields, flat, appended to ``out``
+# (a missing save leaves its fields out, which the reader reports).
+# move_save: carry the save hash from one fence to the next.
+SAVES = """
+local function with_save(record, save, out)
   for _, v in ipairs(redis.call('HGETALL', record)) do out[#out + 1] = v end
-  local state = redis.call('GET', state_key)
-  if state then
-    out[#out + 1] = 'state'
-    out[#out + 1] = state
-  end
+  for _, v in ipairs(redis.call('HGETALL', save)) do out[#out + 1] = v end
   return out
+end
+local function move_save(from, to)
+  if redis.call('EXISTS', from) == 1 then redis.call('RENAME', from, to) end
 end
 """
 
@@ -53,11 +58,12 @@ return {1, h[1], h[2], h[3], h[4], alive(KEYS[3], h[2]) and 1 or 0}
 )
 
 # KEYS[1] record, KEYS[2] old owner's set, KEYS[3] new owner's set,
-# KEYS[4] released set, KEYS[5] owners set, KEYS[6] state
+# KEYS[4] released set, KEYS[5] owners set,
+# KEYS[6] save at the expected fence, KEYS[7] save at the next one
 # ARGV[1] task id, ARGV[2] expected fence, ARGV[3] new owner, ARGV[4] pid
-# -> the record (see WITH_STATE), or false when the fence moved
+# -> the record and its save (see SAVES), or false when the fence moved
 TAKEOVER = (
-    WITH_STATE
+    SAVES
     + """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return false end
 redis.call('SREM', KEYS[2], ARGV[1])
@@ -66,11 +72,12 @@ redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'pid', ARGV[4], 'status', 'running')
-return with_state(KEYS[1], KEYS[6], {})
+move_save(KEYS[6], KEYS[7])
+return with_save(KEYS[1], KEYS[7], {})
 """
 )
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] owners set, KEYS[4] state
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] owners set, KEYS[4] save at fence 1
 # ARGV[1] task id, ARGV[2] owner, ARGV[3] pid, ARGV[4] task name,
 # ARGV[5..7] state/ctype/cenc, ARGV[8..10] envelope/ectype/ecenc,
 # ARGV[11] progress ('' for none), ARGV[12] saved_at
@@ -79,33 +86,18 @@ CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1],
   'name', ARGV[4], 'status', 'running', 'owner', ARGV[2], 'pid', ARGV[3],
-  'fence', 1, 'saves', 1, 'resumes', 0, 'progress', ARGV[11],
-  'saved_at', ARGV[12], 'created_at', ARGV[12], 'ctype', ARGV[6], 'cenc', ARGV[7],
+  'fence', 1, 'resumes', 0, 'created_at', ARGV[12],
   'env', ARGV[8], 'ectype', ARGV[9], 'ecenc', ARGV[10])
-redis.call('SET', KEYS[4], ARGV[5])
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[4], 'state', ARGV[5], 'ctype', ARGV[6], 'cenc', ARGV[7],
+  'progress', ARGV[11], 'saved_at', ARGV[12], 'saves', 1)
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
 
-# Sent right behind "SET <incoming> <state bytes> PX <ttl>", in the same write.
-# KEYS[1] record, KEYS[2] incoming (named after the writer's fence, so a
-# fenced-out writer never touches the current owner's), KEYS[3] state
-# ARGV[1] fence, ARGV[2] ctype, ARGV[3] cenc, ARGV[4] progress, ARGV[5] saved_at
-# -> the new save count, or false when fenced out (the incoming bytes are dropped)
-UPDATE = """
-if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
-  redis.call('DEL', KEYS[2])
-  return false
-end
-redis.call('RENAME', KEYS[2], KEYS[3])
-redis.call('PERSIST', KEYS[3])
-redis.call('HSET', KEYS[1], 'ctype', ARGV[2], 'cenc', ARGV[3], 'progress', ARGV[4], 'saved_at', ARGV[5])
-return redis.call('HINCRBY', KEYS[1], 'saves', 1)
-"""
-
 # KEYS[1] record, KEYS[2] owner's set, KEYS[3] done marker, KEYS[4] released set,
-# KEYS[5] state
+# KEYS[5] save at the fence
 # ARGV[1] task id, ARGV[2] fence, ARGV[3] done marker TTL in ms
 # -> 1 when deleted, 0 when fenced out
 FINISH = """
@@ -117,16 +109,19 @@ redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 return 1
 """
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] unowned set
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] unowned set,
+# KEYS[4] save at the fence, KEYS[5] save at the next one
 # ARGV[1] task id, ARGV[2] fence, ARGV[3] new status
 #   ('waiting' | 'released' | 'queued' | 'poisoned'); a parked record has no owner.
 #   Released and queued records join the unowned set the scan reads.
 # -> 1 when parked, 0 when fenced out
 PARK = (
     NOW_MS
+    + SAVES
     + """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
+move_save(KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'owner', '', 'pid', 0, 'parked_at', now_ms())
 redis.call('SREM', KEYS[2], ARGV[1])
 if ARGV[3] == 'released' or ARGV[3] == 'queued' then
@@ -167,23 +162,26 @@ return out
 )
 
 # KEYS[1] record, KEYS[2] expected owner's set, KEYS[3] claimer's set,
-# KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash, KEYS[7] state
+# KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash
 # ARGV[1] task id, ARGV[2] expected owner, ARGV[3] claimer, ARGV[4] max resumes,
 # ARGV[5] released grace in ms, ARGV[6] queued grace in ms ('' = never): how long
-# after it was parked an unowned released / queued record becomes claimable.
+# after it was parked an unowned released / queued record becomes claimable,
+# ARGV[7] the record's save hash name without its fence ('<prefix>save:<id>:').
 # Claiming an unowned queued record again is a re-send, not a resume.
 # -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned
 CLAIM = (
     NOW_MS
-    + WITH_STATE
+    + SAVES
     + """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at')
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at', 'fence')
 if not h[1] then
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('SREM', KEYS[4], ARGV[1])
   return {0}
 end
 local parked_for = now_ms() - tonumber(h[4] or 0)
+local save_now = ARGV[7] .. (h[5] or '')
+local save_next = ARGV[7] .. (tonumber(h[5] or 0) + 1)
 if h[1] == 'queued' and h[2] == '' then
   if ARGV[6] == '' or parked_for < tonumber(ARGV[6]) then return {0} end
   redis.call('SREM', KEYS[4], ARGV[1])
@@ -191,7 +189,8 @@ if h[1] == 'queued' and h[2] == '' then
   redis.call('HSET', KEYS[1], 'owner', ARGV[3])
   redis.call('SADD', KEYS[3], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[3])
-  return with_state(KEYS[1], KEYS[7], {1})
+  move_save(save_now, save_next)
+  return with_save(KEYS[1], save_next, {1})
 end
 local claimable = false
 if h[1] == 'released' then
@@ -204,6 +203,7 @@ if not claimable then return {0} end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
+move_save(save_now, save_next)
 local outcome = 1
 if tonumber(h[3]) >= tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 'status', 'poisoned')
@@ -214,7 +214,7 @@ else
   redis.call('SADD', KEYS[3], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[3])
 end
-return with_state(KEYS[1], KEYS[7], {outcome})
+return with_save(KEYS[1], save_next, {outcome})
 """
 )
 
@@ -231,15 +231,27 @@ return 1
 """
 )
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set, KEYS[4] state
-# ARGV[1] task id, ARGV[2] owner the caller read
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set
+# ARGV[1] task id, ARGV[2] owner the caller read, ARGV[3] save hash name without fence
 # -> 1 deleted, 0 absent, -1 the owner changed (read again)
 DELETE = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then return 0 end
-if owner ~= ARGV[2] then return -1 end
-redis.call('DEL', KEYS[1], KEYS[4])
+local h = redis.call('HMGET', KEYS[1], 'owner', 'fence')
+if not h[1] then return 0 end
+if h[1] ~= ARGV[2] then return -1 end
+redis.call('DEL', KEYS[1], ARGV[3] .. (h[2] or ''))
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 """
+
+# KEYS[1] record
+# ARGV[1] the record's save hash name without its fence ('<prefix>save:<id>:')
+# -> the record and its save (see SAVES), empty when there is no record
+READ = (
+    SAVES
+    + """
+local fence = redis.call('HGET', KEYS[1], 'fence')
+if not fence then return redis.call('HGETALL', KEYS[1]) end
+return with_save(KEYS[1], ARGV[1] .. fence, {})
+"""
+)

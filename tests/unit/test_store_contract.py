@@ -12,6 +12,7 @@ import pytest
 
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker_id
 from celery_checkpoint.stores import CheckpointStore, ClaimOutcome, CorruptEntry, create_store
+from celery_checkpoint.stores.redis import RedisStore
 from tests.harness import RedisServer
 
 
@@ -50,6 +51,27 @@ def test_create_then_update_is_fenced(store: CheckpointStore) -> None:
     assert record.state.payload == b'{"i": 2}'
     assert record.saves == 2 and record.progress == 0.6
     assert record.owner == W1 and record.status is Status.RUNNING
+
+
+def test_the_state_follows_the_fence_and_a_stale_save_changes_nothing(store: CheckpointStore) -> None:
+    store.create("t1", _new(W1, b'{"i": 1}'))
+    assert store.update("t1", 1, _state(b'{"i": 2}'), 0.2, time.time()) == 2
+    taken = store.takeover("t1", 1, W1, W2, 1)
+    assert taken is not None and taken.state.payload == b'{"i": 2}' and taken.saves == 2
+    assert store.update("t1", 1, _state(b'{"stale": true}'), 0.9, time.time()) is None
+    assert store.update("t1", 2, _state(b'{"i": 3}'), 0.3, time.time()) == 3
+    assert store.park("t1", 2, W2, Status.RELEASED)
+    claimer = worker_id("c@host", "cccc")
+    claim = store.claim("t1", "", claimer, 5)
+    assert claim.outcome is ClaimOutcome.CLAIMED and claim.record is not None
+    assert claim.record.state.payload == b'{"i": 3}'
+    record = store.get("t1")
+    assert record is not None and record.state.payload == b'{"i": 3}'
+    assert (record.saves, record.progress, record.owner) == (3, 0.3, claimer)
+    assert store.finish("t1", record.fence, claimer)
+    assert store.get("t1") is None
+    if isinstance(store, RedisStore):  # nothing of the task is left behind, stale write included
+        assert list(store.client.scan_iter(match=f"{store.prefix}save:*")) == []
 
 
 def test_peek_reports_owner_liveness_and_done_marker(store: CheckpointStore) -> None:
