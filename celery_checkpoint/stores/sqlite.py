@@ -74,17 +74,14 @@ ACTIVE = (Status.RUNNING.value, Status.QUEUED.value)
 
 # A save when the store knows the run's save count: a compare-and-set on it,
 # so the new count is that plus one, exactly, without reading it back.
-UPDATE_KNOWN = (
+_UPDATE = (
     "UPDATE checkpoints SET state = ?, content_type = ?, content_encoding = ?, "
     "progress = ?, saved_at = ?, saves = saves + 1 "
-    "WHERE task_id = ? AND fence = ? AND saves = ?"
+    "WHERE task_id = ? AND fence = ?"
 )
+UPDATE_KNOWN = _UPDATE + " AND saves = ?"
 # A save when it does not (or the compare-and-set missed): the row says.
-UPDATE_RETURNING = (
-    "UPDATE checkpoints SET state = ?, content_type = ?, content_encoding = ?, "
-    "progress = ?, saved_at = ?, saves = saves + 1 "
-    "WHERE task_id = ? AND fence = ? RETURNING saves"
-)
+UPDATE_RETURNING = _UPDATE + " RETURNING saves"
 # Runs whose save count a store remembers, at most: finished, parked, deleted
 # and fenced-out runs are forgotten as they go, so only runs abandoned some
 # other way accumulate, and this bounds them.
@@ -275,37 +272,19 @@ class SQLiteStore:
         try:
             with self._lock:
                 conn = self._connection()
-                if (
-                    known is not None
-                    and conn.execute(
-                        UPDATE_KNOWN,
-                        (
-                            state.payload,
-                            state.content_type,
-                            state.content_encoding,
-                            progress,
-                            saved_at,
-                            task_id,
-                            fence,
-                            known,
-                        ),
-                    ).rowcount
-                    == 1
-                ):
+                params = (
+                    state.payload,
+                    state.content_type,
+                    state.content_encoding,
+                    progress,
+                    saved_at,
+                    task_id,
+                    fence,
+                )
+                if known is not None and conn.execute(UPDATE_KNOWN, (*params, known)).rowcount == 1:
                     saves = known + 1
                 else:
-                    row = conn.execute(
-                        UPDATE_RETURNING,
-                        (
-                            state.payload,
-                            state.content_type,
-                            state.content_encoding,
-                            progress,
-                            saved_at,
-                            task_id,
-                            fence,
-                        ),
-                    ).fetchone()
+                    row = conn.execute(UPDATE_RETURNING, params).fetchone()
                     if row is None:
                         self._saves.pop(task_id, None)
                         return None
