@@ -52,6 +52,7 @@ def populate(store: RedisStore, owner: str, count: int, tag: str) -> list[str]:
                 store.owned_key(owner),
                 store.owners_key,
                 store.save_key(task_id, 1),
+                store.done_key(task_id),
             ],
             args=[
                 task_id,

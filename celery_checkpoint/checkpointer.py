@@ -33,6 +33,15 @@ from .stores.base import CheckpointStore
 logger = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
+_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_fork)
 _BEGIN_ATTEMPTS = 8
 
 
@@ -78,6 +87,22 @@ class Checkpointer:
 
     enabled = True
 
+    # Per-run values that start the same for every run: class attributes
+    # until a run changes them (a short task builds one of these per run).
+    #: How many times this task was resumed after an interruption (0 on a first run).
+    resume_count = 0
+    #: Persisted saves of this task id so far, across resumes.
+    saves = 0
+    #: The progress given to the last persisted save (0.0 to 1.0), if any.
+    progress: float | None = None
+    #: Wall-clock time of the last persisted save.
+    saved_at: float | None = None
+    _begun = False
+    _fence = 0
+    _latest: EncodedState | None = None
+    _stop_requested = False
+    _closed = False
+
     def __init__(
         self,
         *,
@@ -93,12 +118,13 @@ class Checkpointer:
         envelope: Callable[[], Any] = lambda: {},
         on_persist: Callable[[Checkpointer], None] | None = None,
         handed_fence: int = 0,
+        unseen: bool = False,
     ) -> None:
         self.task_id = task_id
         self.task_name = task_name
         self.store = store
         self.owner = owner
-        self.pid = os.getpid()
+        self.pid = _pid
         self.throttle = throttle
         self.serializer = serializer
         self.accept = accept
@@ -107,21 +133,13 @@ class Checkpointer:
         self._envelope = envelope
         self._on_persist = on_persist
         self._handed_fence = handed_fence
-        #: How many times this task was resumed after an interruption (0 on a first run).
-        self.resume_count = 0
-        #: Persisted saves of this task id so far, across resumes.
-        self.saves = 0
-        #: The progress given to the last persisted save (0.0 to 1.0), if any.
-        self.progress: float | None = None
-        #: Wall-clock time of the last persisted save.
-        self.saved_at: float | None = None
-        self._next_save = float("-inf")
+        if unseen:
+            # A task id no run has used: nothing to read (see CheckpointTask.apply_async).
+            self._begun = True
         self._lock = threading.Lock()
-        self._begun = False
-        self._fence = 0
-        self._latest: EncodedState | None = None
-        self._stop_requested = False
-        self._closed = False
+        # Set here, not on the class: the skipped path of save() reads it,
+        # and an instance attribute keeps that read specialised.
+        self._next_save = float("-inf")
         runs_in_process.enter(task_id, self)
 
     # -- the body's API ----------------------------------------------------
@@ -228,9 +246,9 @@ class Checkpointer:
                 NewCheckpoint(self.task_name, self.owner, self.pid, encoded, envelope, progress, saved_at),
             )
             if fence is None:
-                raise CheckpointOwnershipLost(
-                    f"task {self.task_id}: another run of this task id created a checkpoint "
-                    "while this one was running; this run stops"
+                raise DuplicateRun(
+                    f"task {self.task_id}: another run of this task id holds a checkpoint, or the "
+                    "task already finished; this run stops"
                 )
             self._fence = fence
             return 1

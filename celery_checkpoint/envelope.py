@@ -12,6 +12,9 @@ from typing import Any
 
 from .record import ResumeEnvelope
 
+#: Header of a call whose id ``CheckpointTask.apply_async`` minted (its first
+#: delivery skips reading the checkpoint); never recorded, so a resumed call reads it.
+FRESH_HEADER = "checkpoint_fresh"
 #: Delivery details that describe the old delivery, not where to send the new one.
 _DELIVERY_ONLY = ("redelivered", "is_eager")
 
@@ -22,6 +25,9 @@ def envelope_from_request(task: Any, request: Any) -> dict[str, Any]:
     signature = task.signature_from_request(request, args, kwargs)
     options = {k: v for k, v in signature.options.items() if v is not None and k not in _DELIVERY_ONLY}
     options["task_id"] = request.id
+    headers = options.get("headers")
+    if headers and FRESH_HEADER in headers:
+        options["headers"] = {k: v for k, v in headers.items() if k != FRESH_HEADER}
     return {"args": args, "kwargs": kwargs, "options": options}
 
 

@@ -9,6 +9,7 @@ kombu work unchanged. ``pickle`` is accepted only when the user opts in.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -182,6 +183,7 @@ def decode(encoded: EncodedState, accept: frozenset[str], *, task_id: str) -> An
         raise CorruptCheckpoint(f"task {task_id}: checkpoint cannot be decoded: {exc}") from exc
 
 
+@functools.cache
 def accepted_content_types(serializer: str) -> frozenset[str]:
     """JSON is always readable; the configured serializer is added to it."""
     return frozenset(prepare_accept_content({"json", serializer}))

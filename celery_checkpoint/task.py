@@ -19,11 +19,12 @@ from typing import Any, ClassVar
 
 from celery import Task
 from celery.exceptions import Ignore, Reject
+from celery.utils import uuid
 from celery.worker.request import Request
 
 from .checkpointer import Checkpointer, NullCheckpointer
 from .config import CheckpointConfig
-from .envelope import envelope_from_request
+from .envelope import FRESH_HEADER, envelope_from_request
 from .errors import CheckpointError, CheckpointStoreError, DuplicateRun
 from .events import send_checkpoint_event
 from .record import accepted_content_types, warn_if_unsafe
@@ -144,7 +145,7 @@ class CheckpointTask(Task):  # type: ignore[misc]
             return super().__call__(*args, **kwargs)
         request.checkpoint = None
         if self._takes_checkpoint_arg:
-            kwargs[CHECKPOINT_ARG] = self.checkpoint
+            kwargs[CHECKPOINT_ARG] = request.checkpoint = self._open_checkpointer(request)
         try:
             if _suspect_delivery(request):
                 # A redelivery or a retry may race a live run of the same id:
@@ -185,13 +186,29 @@ class CheckpointTask(Task):  # type: ignore[misc]
         ``waiting`` (for instance because the store was down).
         """
         fence = getattr(getattr(self.request, "checkpoint", None), "fence", 0)
+        headers = {**(self.request.headers or {}), **(options.get("headers") or {})}
+        headers.pop(FRESH_HEADER, None)  # the retried delivery may find this run's checkpoint
         if fence:
-            options["headers"] = {
-                **(self.request.headers or {}),
-                **(options.get("headers") or {}),
-                FENCE_HEADER: fence,
-            }
+            headers[FENCE_HEADER] = fence
+        options["headers"] = headers
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, *more: Any, **options: Any
+    ) -> Any:
+        """Celery's ``apply_async``; a call it names itself is marked as never seen.
+
+        The first delivery of such a call cannot have a checkpoint to resume
+        (nobody else knows its id), so its ``load()`` costs no round trip.
+        A redelivery the broker flags, a retry and a resume are still read
+        first; an unflagged duplicate is stopped at its first save, where
+        the store refuses to create a second checkpoint or one for a task
+        id already finished.
+        """
+        if task_id is None:
+            task_id = uuid()
+            options["headers"] = {**(options.get("headers") or {}), FRESH_HEADER: True}
+        return super().apply_async(args, kwargs, task_id, *more, **options)
 
     def _open_checkpointer(self, request: Any) -> AnyCheckpointer:
         store = self.checkpoint_store()
@@ -211,6 +228,7 @@ class CheckpointTask(Task):  # type: ignore[misc]
             envelope=functools.partial(envelope_from_request, self, request),
             on_persist=functools.partial(send_checkpoint_event, self, config.events),
             handed_fence=int(getattr(request, FENCE_HEADER, None) or 0),
+            unseen=bool(getattr(request, FRESH_HEADER, False)) and not _suspect_delivery(request),
         )
 
     # -- outcomes (called by Celery after it stored the outcome) --------------

@@ -33,6 +33,11 @@ class Peek:
     owner_alive: bool = False
 
 
+#: The two answers almost every first run gets, built once.
+NOTHING = Peek(exists=False, done=False)
+FINISHED = Peek(exists=False, done=True)
+
+
 class ClaimOutcome(enum.Enum):
     CLAIMED = "claimed"
     POISONED = "poisoned"
@@ -89,7 +94,12 @@ class CheckpointStore(Protocol):
         ...
 
     def create(self, task_id: str, new: NewCheckpoint) -> int | None:
-        """Write a first checkpoint; return its fence, or ``None`` if one exists."""
+        """Write a first checkpoint; return its fence.
+
+        ``None`` when the task id already has a checkpoint or is marked done:
+        a run that skipped reading first (a call never seen before) learns
+        here that it duplicates another.
+        """
         ...
 
     def update(

@@ -77,13 +77,14 @@ return with_save(KEYS[1], KEYS[7], {})
 """
 )
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] owners set, KEYS[4] save at fence 1
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] owners set, KEYS[4] save at fence 1,
+# KEYS[5] done marker
 # ARGV[1] task id, ARGV[2] owner, ARGV[3] pid, ARGV[4] task name,
 # ARGV[5..7] state/ctype/cenc, ARGV[8..10] envelope/ectype/ecenc,
 # ARGV[11] progress ('' for none), ARGV[12] saved_at
-# -> 1 (fence) when created, 0 when a record already exists
+# -> 1 (fence) when created, 0 when a record already exists or the task id is done
 CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1], KEYS[5]) > 0 then return 0 end
 redis.call('HSET', KEYS[1],
   'name', ARGV[4], 'status', 'running', 'owner', ARGV[2], 'pid', ARGV[3],
   'fence', 1, 'resumes', 0, 'created_at', ARGV[12],

@@ -225,6 +225,10 @@ class SQLiteStore:
 
     def create(self, task_id: str, new: NewCheckpoint) -> int | None:
         with self._transaction("save", task_id) as conn:
+            if conn.execute(
+                "SELECT 1 FROM done WHERE task_id = ? AND expires > ?", (task_id, new.saved_at)
+            ).fetchone():
+                return None
             cur = conn.execute(
                 f"INSERT OR IGNORE INTO checkpoints ({COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -59,6 +59,30 @@ def test_a_redelivery_after_success_is_dropped_not_rerun(tmp_path) -> None:
         assert app.app.AsyncResult(result.id).get(timeout=5) == TOTAL(5)
 
 
+def test_an_unflagged_duplicate_of_a_new_call_stops_at_its_first_save(tmp_path) -> None:
+    """A call whose id apply_async minted skips the read before its body (one round
+    trip less per task); a copy of its message that the broker does not flag as a
+    redelivery (a publisher retry, say) runs only up to its first save."""
+    with cluster(tmp_path) as c:
+        app = connect(c)
+        w = c.worker("w1").wait_ready()
+        result = app.delay("count_to", 5, 0.01)
+        assert result.get(timeout=30) == TOTAL(5)
+        wait_for(lambda: app.store.get(result.id) is None, 5, "checkpoint removed")
+        app.app.send_task(
+            "tests.apps.longtask.count_to",
+            args=(5, 0.01),
+            task_id=result.id,
+            headers={"checkpoint_fresh": True},
+        )
+        wait_for(lambda: "or the task already finished; this run stops" in w.output(), 20, "stop logged")
+        duplicate = [e for e in events(c, result.id) if e["event"] == "lost"]
+        assert len(duplicate) == 1 and duplicate[0]["i"] == 1, "stopped at its first save"
+        assert [e["event"] for e in events(c, result.id)].count("done") == 1
+        assert app.store.get(result.id) is None
+        assert app.app.AsyncResult(result.id).get(timeout=5) == TOTAL(5)
+
+
 def test_a_stale_run_cannot_overwrite_the_newer_runs_checkpoint(tmp_path) -> None:
     with cluster(tmp_path, lease_ttl="2", sweep_interval="0.5") as c:
         app = connect(c)

@@ -118,6 +118,47 @@ def test_a_late_delivery_after_success_is_dropped(store: CheckpointStore) -> Non
         late.load()
 
 
+class CountingStore:
+    """The memory store, counting the reads a run makes before its body's first save."""
+
+    def __init__(self, inner: CheckpointStore) -> None:
+        self.inner = inner
+        self.peeks = 0
+
+    def peek(self, task_id: str) -> Any:
+        self.peeks += 1
+        return self.inner.peek(task_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_never_seen_call_loads_without_reading_the_store(store: CheckpointStore) -> None:
+    counting = CountingStore(store)
+    cp = make(counting, unseen=True)  # type: ignore[arg-type]
+    assert cp.load() is None
+    assert counting.peeks == 0
+    assert cp.save({"i": 1}) is True
+    cp.complete()
+    assert store.get("t1") is None and store.peek("t1").done
+
+
+def test_an_unflagged_duplicate_of_a_never_seen_call_stops_at_its_first_save(store: CheckpointStore) -> None:
+    """What skipping the read costs: the duplicate runs up to its first save, not past it."""
+    store.register(OWNER, 30)
+    first = make(store, unseen=True)
+    first.save({"i": 1})
+    while_running = make(store, owner=worker_id("w2@h", "b"), unseen=True)
+    assert while_running.load() is None
+    with pytest.raises(CheckpointOwnershipLost):
+        while_running.save({"i": 99})
+    first.complete()
+    after_success = make(store, owner=worker_id("w3@h", "c"), unseen=True)
+    with pytest.raises(CheckpointOwnershipLost, match="already finished"):
+        after_success.save({"i": 99})
+    assert store.get("t1") is None, "neither duplicate left a checkpoint"
+
+
 def test_unserializable_state_names_the_type_and_saves_nothing(store: CheckpointStore) -> None:
     cp = make(store)
 

@@ -53,6 +53,13 @@ def test_create_then_update_is_fenced(store: CheckpointStore) -> None:
     assert record.owner == W1 and record.status is Status.RUNNING
 
 
+def test_create_refuses_a_task_id_already_finished(store: CheckpointStore) -> None:
+    assert store.create("t1", _new(W1)) == 1
+    assert store.finish("t1", 1, W1)
+    assert store.create("t1", _new(W2)) is None, "a duplicate of a finished call must not start over"
+    assert store.get("t1") is None
+
+
 def test_the_state_follows_the_fence_and_a_stale_save_changes_nothing(store: CheckpointStore) -> None:
     store.create("t1", _new(W1, b'{"i": 1}'))
     assert store.update("t1", 1, _state(b'{"i": 2}'), 0.2, time.time()) == 2

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.app.task import Context
 
 from celery_checkpoint import CheckpointTask, NullCheckpointer
+from celery_checkpoint.envelope import FRESH_HEADER, envelope_from_request
 from celery_checkpoint.stores import open_store
 
 
@@ -133,3 +135,39 @@ def test_class_based_tasks_read_self_checkpoint() -> None:
 
     task = app.register_task(Import())
     assert task.delay(4).get() == 4
+
+
+def test_only_a_call_whose_id_apply_async_minted_is_marked_never_seen() -> None:
+    app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    app.conf.update(task_default_queue=f"q{uuid.uuid4().hex[:6]}", checkpoint_store_url="memory://x")
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None: ...
+
+    minted = work.delay()
+    work.apply_async(task_id="my-own-id")
+    with app.connection() as conn:
+        queue = conn.SimpleQueue(app.conf.task_default_queue)
+        first, second = queue.get(timeout=1), queue.get(timeout=1)
+        queue.close()
+    assert first.headers["id"] == minted.id and first.headers.get(FRESH_HEADER) is True
+    assert second.headers["id"] == "my-own-id" and FRESH_HEADER not in second.headers
+
+
+def test_the_recorded_call_never_carries_the_never_seen_mark() -> None:
+    """A resumed call is sent from the recorded call: it must read its checkpoint."""
+    app = make_app()
+
+    @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
+    def work(self: CheckpointTask) -> None: ...
+
+    request = Context(
+        id="t1",
+        args=[1],
+        kwargs={},
+        headers={FRESH_HEADER: True, "tenant": "a"},
+        delivery_info={"exchange": "", "routing_key": "celery"},
+    )
+    recorded = envelope_from_request(work, request)
+    assert recorded["options"]["headers"] == {"tenant": "a"}
+    assert recorded["options"]["task_id"] == "t1" and recorded["args"] == [1]
