@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 import redis
+from celery.result import AsyncResult
 
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker_id
-from tests.harness import cluster, wait_for
-from tests.integration.helpers import connect, events, saved_at_least, starts
+from tests.harness import Cluster, Worker, cluster, wait_for
+from tests.integration.helpers import Client, connect, events, saved_at_least, starts
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +48,20 @@ def test_a_redelivery_while_the_run_is_alive_is_dropped(tmp_path) -> None:
         assert f"task {result.id}: another run of this task id is alive; dropping this delivery" in logs
 
 
+def _finished_then_sent_again(c: Cluster, **options: Any) -> tuple[Client, Worker, AsyncResult]:
+    """A short call that succeeded, then a second message with its task id."""
+    app = connect(c)
+    w = c.worker("w1").wait_ready()
+    result = app.delay("count_to", 5, 0.01)
+    assert result.get(timeout=30) == TOTAL(5)
+    wait_for(lambda: app.store.get(result.id) is None, 5, "checkpoint removed")
+    app.app.send_task("tests.apps.longtask.count_to", args=(5, 0.01), task_id=result.id, **options)
+    return app, w, result
+
+
 def test_a_redelivery_after_success_is_dropped_not_rerun(tmp_path) -> None:
     with cluster(tmp_path) as c:
-        app = connect(c)
-        w = c.worker("w1").wait_ready()
-        result = app.delay("count_to", 5, 0.01)
-        assert result.get(timeout=30) == TOTAL(5)
-        wait_for(lambda: app.store.get(result.id) is None, 5, "checkpoint removed")
-        app.app.send_task("tests.apps.longtask.count_to", args=(5, 0.01), task_id=result.id)
+        app, w, result = _finished_then_sent_again(c)
         wait_for(lambda: "already finished; dropping this late delivery" in w.output(), 20, "drop logged")
         assert len(starts(c, result.id)) == 1
         assert app.app.AsyncResult(result.id).get(timeout=5) == TOTAL(5)
@@ -64,17 +72,7 @@ def test_an_unflagged_duplicate_of_a_new_call_stops_at_its_first_save(tmp_path) 
     trip less per task); a copy of its message that the broker does not flag as a
     redelivery (a publisher retry, say) runs only up to its first save."""
     with cluster(tmp_path) as c:
-        app = connect(c)
-        w = c.worker("w1").wait_ready()
-        result = app.delay("count_to", 5, 0.01)
-        assert result.get(timeout=30) == TOTAL(5)
-        wait_for(lambda: app.store.get(result.id) is None, 5, "checkpoint removed")
-        app.app.send_task(
-            "tests.apps.longtask.count_to",
-            args=(5, 0.01),
-            task_id=result.id,
-            headers={"checkpoint_fresh": True},
-        )
+        app, w, result = _finished_then_sent_again(c, headers={"checkpoint_fresh": True})
         wait_for(lambda: "or the task already finished; this run stops" in w.output(), 20, "stop logged")
         duplicate = [e for e in events(c, result.id) if e["event"] == "lost"]
         assert len(duplicate) == 1 and duplicate[0]["i"] == 1, "stopped at its first save"
