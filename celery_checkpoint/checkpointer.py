@@ -25,7 +25,7 @@ from .errors import (
     CorruptCheckpoint,
     DuplicateRun,
 )
-from .ownership import Decision, decide
+from .ownership import Decision, Handover, decide
 from .record import CheckpointRecord, EncodedState, NewCheckpoint, Status, decode, encode, worker_host
 from .runtime import runs_in_process
 from .stores.base import CheckpointStore
@@ -99,6 +99,8 @@ class Checkpointer:
     saved_at: float | None = None
     _begun = False
     _fence = 0
+    #: The fence a create or takeover that failed without an answer may have given.
+    _unconfirmed_fence = 0
     _latest: EncodedState | None = None
     _stop_requested = False
     _closed = False
@@ -117,7 +119,7 @@ class Checkpointer:
         on_store_error: str = "raise",
         envelope: Callable[[], Any] = lambda: {},
         on_persist: Callable[[Checkpointer], None] | None = None,
-        handed_fence: int = 0,
+        handed: Handover | None = None,
         unseen: bool = False,
     ) -> None:
         self.task_id = task_id
@@ -132,7 +134,7 @@ class Checkpointer:
         self.on_store_error = on_store_error
         self._envelope = envelope
         self._on_persist = on_persist
-        self._handed_fence = handed_fence
+        self._handed = handed
         if unseen:
             # A task id no run has used: nothing to read (see CheckpointTask.apply_async).
             self._begun = True
@@ -241,17 +243,22 @@ class Checkpointer:
                 task_id=self.task_id,
                 limit=self.max_state_bytes,
             )
+            self._unconfirmed_fence = 1
             fence = self.store.create(
                 self.task_id,
                 NewCheckpoint(self.task_name, self.owner, self.pid, encoded, envelope, progress, saved_at),
             )
-            if fence is None:
-                raise DuplicateRun(
-                    f"task {self.task_id}: another run of this task id holds a checkpoint, or the "
-                    "task already finished; this run stops"
-                )
-            self._fence = fence
-            return 1
+            self._unconfirmed_fence = 0
+            if fence is not None:
+                self._fence = fence
+                return 1
+            # Refused: another run holds a checkpoint, the task finished, or
+            # this very run created it on an earlier attempt whose answer
+            # was lost. The ownership rule tells them apart.
+            self._begun = False
+            self._begin()
+            if self._fence == 0:
+                raise DuplicateRun(f"task {self.task_id}: its checkpoint is gone; this run stops")
         saves = self.store.update(self.task_id, self._fence, encoded, progress, saved_at)
         if saves is None:
             raise CheckpointOwnershipLost(
@@ -264,6 +271,18 @@ class Checkpointer:
     def fence(self) -> int:
         """This run's fencing token (0 until it owns a checkpoint)."""
         return self._fence
+
+    @property
+    def handover(self) -> Handover | None:
+        """What this run hands to the delivery it sends for itself (a retry), if anything.
+
+        Includes a fence this run may hold without knowing it: a create or
+        takeover the store applied but whose answer the run never read.
+        Without it, the checkpoint would stay "running" under this live
+        process and every later delivery would be dropped as a duplicate.
+        """
+        fence = self._fence or self._unconfirmed_fence
+        return Handover(fence, self.owner, self.pid) if fence else None
 
     def begin(self) -> None:
         """Settle ownership now, before the body runs (for suspect deliveries).
@@ -285,12 +304,12 @@ class Checkpointer:
                     raise DuplicateRun(f"task {self.task_id} already finished; dropping this late delivery")
                 self._begun = True
                 return
-            decision = decide(
-                peek, self.owner, self.pid, runs_in_process.count(self.task_id), self._handed_fence
-            )
+            decision = decide(peek, self.owner, self.pid, runs_in_process.count(self.task_id), self._handed)
             if decision is not Decision.TAKE:
                 raise DuplicateRun(f"task {self.task_id}: {decision.value}; dropping this delivery")
+            self._unconfirmed_fence = peek.fence + 1
             record = self.store.takeover(self.task_id, peek.fence, peek.owner, self.owner, self.pid)
+            self._unconfirmed_fence = 0
             if record is not None:
                 self._adopt(record)
                 return

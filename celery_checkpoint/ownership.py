@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import enum
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from .record import Status
 from .stores.base import Peek
@@ -23,16 +25,42 @@ class Decision(str, enum.Enum):
     POISONED = "the checkpoint is poisoned (resumed too many times) and kept for inspection"
 
 
-def decide(peek: Peek, me: str, pid: int, runs_here: int, handed_fence: int = 0) -> Decision:
-    """Decide from one consistent ``peek``; the takeover then fences on it.
+@dataclass(frozen=True)
+class Handover:
+    """What a run that ended by sending its next delivery (``self.retry``) puts in it.
 
-    ``handed_fence`` is the fence a previous run put in the message it sent
-    for this one (``self.retry``): if the checkpoint still carries it, that
-    run ended by sending this delivery, whatever its process does now.
+    The fence the run held, or the one a store call would have given it when
+    the call failed without an answer (the store may have applied it), and
+    the run's owner and process. A checkpoint still at that fence under that
+    owner and process belongs to a run that has ended by sending this
+    delivery, whatever its process does now.
     """
+
+    fence: int
+    owner: str
+    pid: int
+
+    def matches(self, peek: Peek) -> bool:
+        return peek.fence == self.fence and peek.owner == self.owner and peek.pid == self.pid
+
+    def to_header(self) -> list[Any]:
+        return [self.fence, self.owner, self.pid]
+
+    @classmethod
+    def from_header(cls, value: Any) -> Handover | None:
+        """Read the header back; anything malformed is treated as no handover."""
+        if isinstance(value, (list, tuple)) and len(value) == 3:
+            fence, owner, pid = value
+            if isinstance(fence, int) and isinstance(owner, str) and isinstance(pid, int) and fence > 0:
+                return cls(fence, owner, pid)
+        return None
+
+
+def decide(peek: Peek, me: str, pid: int, runs_here: int, handed: Handover | None = None) -> Decision:
+    """Decide from one consistent ``peek``; the takeover then fences on it."""
     if peek.status is Status.POISONED:
         return Decision.POISONED
-    if peek.status is not Status.RUNNING or (handed_fence and peek.fence == handed_fence):
+    if peek.status is not Status.RUNNING or (handed is not None and handed.matches(peek)):
         return Decision.TAKE
     if peek.owner != me:
         return Decision.BUSY if peek.owner_alive else Decision.TAKE

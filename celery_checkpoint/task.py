@@ -27,6 +27,7 @@ from .config import CheckpointConfig
 from .envelope import FRESH_HEADER, envelope_from_request
 from .errors import CheckpointError, CheckpointStoreError, DuplicateRun
 from .events import send_checkpoint_event
+from .ownership import Handover
 from .record import accepted_content_types, warn_if_unsafe
 from .runtime import current_worker_id
 from .stores import CheckpointStore, open_store
@@ -181,15 +182,16 @@ class CheckpointTask(Task):  # type: ignore[misc]
     ) -> Any:
         """Celery's retry, handing this run's checkpoint to the retried run.
 
-        The message carries this run's fence, so the retried delivery can
-        take the checkpoint over even if this run could not mark it
-        ``waiting`` (for instance because the store was down).
+        The message carries this run's :class:`~celery_checkpoint.ownership.Handover`,
+        so the retried delivery can take the checkpoint over even if this run
+        could not mark it ``waiting`` (for instance because the store was down).
         """
-        fence = getattr(getattr(self.request, "checkpoint", None), "fence", 0)
+        handle = getattr(self.request, "checkpoint", None)
+        handover = handle.handover if isinstance(handle, Checkpointer) else None
         headers = {**(self.request.headers or {}), **(options.get("headers") or {})}
         headers.pop(FRESH_HEADER, None)  # the retried delivery may find this run's checkpoint
-        if fence:
-            headers[FENCE_HEADER] = fence
+        if handover is not None:  # else the handover this run was given, if any, goes on
+            headers[FENCE_HEADER] = handover.to_header()
         options["headers"] = headers
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
@@ -227,7 +229,7 @@ class CheckpointTask(Task):  # type: ignore[misc]
             on_store_error=config.on_store_error,
             envelope=functools.partial(envelope_from_request, self, request),
             on_persist=functools.partial(send_checkpoint_event, self, config.events),
-            handed_fence=int(getattr(request, FENCE_HEADER, None) or 0),
+            handed=Handover.from_header(getattr(request, FENCE_HEADER, None)),
             unseen=bool(getattr(request, FRESH_HEADER, False)) and not _suspect_delivery(request),
         )
 

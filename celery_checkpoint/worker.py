@@ -39,6 +39,8 @@ from celery.worker import state as worker_state
 
 from .config import CheckpointConfig
 from .errors import CheckpointError
+from .ownership import pid_alive
+from .record import Status
 from .resume import Resumer, mark_poisoned
 from .runtime import identity, runs_in_process, start_worker_identity
 from .stores import CheckpointStore, ClaimOutcome, create_store
@@ -90,10 +92,13 @@ class Steward:
 
     def _run(self) -> None:
         tick = min(self.config.lease_ttl / 3, self.config.sweep_interval)
-        next_scan = 0.0
+        next_scan = next_release = 0.0
         while not self._stop.is_set():
             self._renew()
             now = time.monotonic()
+            if now >= next_release:
+                self.release_lost_runs()
+                next_release = now + self.config.sweep_interval
             if self.config.resume_on_start and now >= next_scan and now >= self._quiet_until:
                 self.scan()
                 next_scan = time.monotonic() + self.config.sweep_interval
@@ -112,6 +117,32 @@ class Steward:
         except Exception:
             logger.exception("checkpoint lease renewal crashed, will retry")
             self._quiet_until = time.monotonic() + self.config.lease_ttl
+
+    def release_lost_runs(self) -> None:
+        """Release this worker's checkpoints whose pool process died unnoticed.
+
+        When Celery reports a lost pool child, ``on_run_lost`` claims its
+        checkpoint. If the store was down at that moment the checkpoint stays
+        ``running`` under this live worker, and every later delivery of the
+        task would be dropped as a duplicate of a run that no longer exists.
+        Parked ``released``, it is taken over by the requeued message or
+        resumed by a scan.
+        """
+        me = os.getpid()
+        try:
+            for task_id in self.store.held_by(self.worker_id):
+                peek = self.store.peek(task_id)
+                lost = peek.status is Status.RUNNING and peek.pid != me and not pid_alive(peek.pid)
+                if lost and self.store.park(task_id, peek.fence, self.worker_id, Status.RELEASED):
+                    logger.warning(
+                        "task %s: its pool process %d is gone; checkpoint released for resume",
+                        task_id,
+                        peek.pid,
+                    )
+        except CheckpointError as exc:
+            logger.warning("checkpoints of lost pool processes not checked, will retry: %s", exc)
+        except Exception:
+            logger.exception("checking for lost pool processes crashed, will retry")
 
     def scan(self) -> None:
         try:

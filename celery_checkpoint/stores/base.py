@@ -144,6 +144,10 @@ class CheckpointStore(Protocol):
         """
         ...
 
+    def held_by(self, worker_id: str) -> list[str]:
+        """Task ids whose checkpoint is owned by ``worker_id`` (running or not)."""
+        ...
+
     def claim(
         self,
         task_id: str,

@@ -359,6 +359,12 @@ class RedisStore:
             found.extend(Candidate(_text(task_id), owner) for task_id in sorted(members))
         return found
 
+    def held_by(self, worker_id: str) -> list[str]:
+        members = self._call(
+            "read owned checkpoints", None, lambda: self.client.smembers(self.owned_key(worker_id))
+        )
+        return sorted(_text(task_id) for task_id in members)
+
     def _forget_owner(self, owner: str) -> Any:
         return self._forget(keys=[self.owned_key(owner), self.owners_key, self.workers_key], args=[owner])
 

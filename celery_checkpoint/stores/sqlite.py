@@ -370,6 +370,13 @@ class SQLiteStore:
             found.extend(Candidate(task_id, owner) for task_id, owner in released)
         return found
 
+    def held_by(self, worker_id: str) -> list[str]:
+        with self._transaction("read owned checkpoints") as conn:
+            rows = conn.execute(
+                "SELECT task_id FROM checkpoints WHERE owner = ? ORDER BY task_id", (worker_id,)
+            )
+            return [task_id for (task_id,) in rows]
+
     def claim(
         self,
         task_id: str,

@@ -36,6 +36,9 @@ app.conf.update(
         # Celery's own recovery for a message whose task had not checkpointed yet.
         "unacked_restore_interval": float(os.environ.get("CC_RESTORE_INTERVAL", "10")),
         "unacked_restore_throttle": int(os.environ.get("CC_RESTORE_THROTTLE", "10")),
+        # A consumer SIGKILLed while it holds kombu's restore lock stops every
+        # restore for this long (default 300 s).
+        "unacked_mutex_expire": float(os.environ.get("CC_RESTORE_MUTEX_EXPIRE", "300")),
     },
     result_expires=3600,
     task_track_started=True,

@@ -10,7 +10,9 @@ A task killed before its first checkpoint (or whose first load failed during
 the outage) has nothing to resume from: it comes back through Celery's own
 acks_late redelivery, which on Redis means kombu restoring the dead
 consumer's unacked message after the visibility timeout. The test makes
-kombu look for those every second instead of every 100 s.
+kombu look for those every second instead of every 100 s, and lets kombu's
+restore lock expire after 5 s instead of 300 s: a worker SIGKILLed while it
+holds that lock otherwise stops every restore for five minutes.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import statistics
 import time
 
 import pytest
+import redis
 from celery.result import AsyncResult
 
+from celery_checkpoint.record import CheckpointRecord
 from tests.harness import Cluster, Worker, cluster, wait_for
-from tests.integration.helpers import connect, events
+from tests.integration.helpers import Client, connect, events
 
 pytestmark = pytest.mark.chaos
 
@@ -67,6 +71,27 @@ def chaos(c: Cluster, workers: dict[str, Worker], done: callable, rng: random.Ra
     return counts
 
 
+def queues(c: Cluster) -> dict[str, object]:
+    r = redis.Redis.from_url(c.redis.url)
+    keys = {k.decode(): r.ttl(k) for k in r.keys("*") if not k.startswith(b"_kombu.binding")}
+    return {"celery": r.llen("celery"), "unacked": r.hlen("unacked"), "keys (ttl)": keys}
+
+
+def stuck_report(c: Cluster, client: Client, results: list[AsyncResult], workers: dict[str, Worker]) -> str:
+    """What a person debugging a hang needs: each unfinished task's runs, checkpoint and the queues."""
+    records = {r.task_id: r for r in client.store.scan() if isinstance(r, CheckpointRecord)}
+    lines = [f"leases: {client.store.leases()}", f"broker: {queues(c)}"]
+    for r in results:
+        if r.ready():
+            continue
+        rec = records.get(r.id)
+        lines.append(f"task {r.id} state={r.state} checkpoint={rec!r}")
+        lines.extend(f"    {e}" for e in events(c, r.id)[-8:])
+        for name, w in workers.items():
+            lines.extend(f"    {name}: {line}" for line in w.output().splitlines() if r.id in line)
+    return "\n".join(lines)
+
+
 def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> None:
     seed = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
     rng = random.Random(seed)
@@ -83,6 +108,7 @@ def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> Non
         requeue_after="5",
         restore_interval="1",
         restore_throttle="1",
+        restore_mutex_expire="5",
         note_steps="1",
     ) as c:
         client = connect(c)
@@ -98,7 +124,10 @@ def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> Non
 
         counts = chaos(c, workers, all_ready, rng)
         remaining = DEADLINE - (time.monotonic() - started)
-        wait_for(all_ready, max(remaining, 30), "every task finished", interval=0.5)
+        try:
+            wait_for(all_ready, max(remaining, 30), "every task finished", interval=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{stuck_report(c, client, results, workers)}") from None
 
         values = [r.get(timeout=5) for r in results]
         assert values == [total(n) for n in sizes]

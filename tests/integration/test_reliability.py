@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from typing import Any
 
@@ -73,7 +74,7 @@ def test_an_unflagged_duplicate_of_a_new_call_stops_at_its_first_save(tmp_path) 
     redelivery (a publisher retry, say) runs only up to its first save."""
     with cluster(tmp_path) as c:
         app, w, result = _finished_then_sent_again(c, headers={"checkpoint_fresh": True})
-        wait_for(lambda: "or the task already finished; this run stops" in w.output(), 20, "stop logged")
+        wait_for(lambda: "already finished; dropping this late delivery" in w.output(), 20, "stop logged")
         duplicate = [e for e in events(c, result.id) if e["event"] == "lost"]
         assert len(duplicate) == 1 and duplicate[0]["i"] == 1, "stopped at its first save"
         assert [e["event"] for e in events(c, result.id)].count("done") == 1
@@ -163,6 +164,62 @@ def test_a_store_outage_fails_saves_loudly_and_tasks_resume_after_it(tmp_path) -
         assert "checkpoint store failed; retrying" in w.output()
         failed = [e for e in events(c, result.id) if e["event"] == "save-error"]
         assert failed[0]["error"] == "CheckpointStoreError"
+
+
+def test_a_retry_that_could_not_reach_the_store_either_hands_the_checkpoint_on(tmp_path) -> None:
+    # w1's run fails a save in an outage and retries; w1 then takes no more
+    # messages but stays alive, so its checkpoint stays "running" under a live
+    # owner. The retry lands on w2 while the store is still down and retries
+    # again. The delivery after that must still be allowed to take over.
+    with cluster(tmp_path, separate_store=True, store_retry_delay="1") as c:
+        app = connect(c)
+        w1 = c.worker("w1", concurrency=1).wait_ready()
+        result = app.delay("count_to", 120, 0.05)
+        wait_for(lambda: saved_at_least(c, result.id, 10), 30, "saves on w1")
+        replies = app.app.control.cancel_consumer(
+            "celery", destination=[f"w1@{socket.gethostname()}"], reply=True
+        )
+        assert replies, "w1 stopped consuming"
+        w2 = c.worker("w2", concurrency=1).wait_ready()
+        c.store_redis.stop()
+        wait_for(lambda: "retrying in 2.0s" in w2.output(), 30, "the retry on w2 failed too")
+        c.store_redis.start()
+        assert result.get(timeout=60) == TOTAL(120)
+        assert starts(c, result.id)[-1]["i"] >= 10, "the third delivery resumed from w1's checkpoint"
+        assert not w1.exited()
+        assert "dropping this delivery" not in w2.output()
+
+
+def test_a_pool_process_lost_during_a_store_outage_is_resumed_once_the_store_is_back(tmp_path) -> None:
+    # w1 cannot claim the checkpoint when its pool child dies (the store is
+    # down), so the checkpoint stays "running" under w1, which lives on. The
+    # requeued message goes to w2. Without w1 noticing its own lost process,
+    # every delivery would be dropped as a duplicate of a run that is gone.
+    with cluster(
+        tmp_path, separate_store=True, store_retry_delay="1", sweep_interval="1", lease_ttl="3"
+    ) as c:
+        app = connect(c)
+        w1 = c.worker("w1").wait_ready()
+        result = app.delay("count_to", 120, 0.05)
+        wait_for(lambda: saved_at_least(c, result.id, 10), 30, "saves on w1")
+        replies = app.app.control.cancel_consumer(
+            "celery", destination=[f"w1@{socket.gethostname()}"], reply=True
+        )
+        assert replies, "w1 stopped consuming"
+        w2 = c.worker("w2").wait_ready()
+        c.store_redis.stop()
+        os.kill(starts(c, result.id)[0]["pid"], signal.SIGKILL)
+        wait_for(
+            lambda: "could not update its checkpoint after the run was lost" in w1.output(),
+            30,
+            "a failed claim",
+        )
+        time.sleep(2)  # the requeued message reaches w2 and fails on the store too
+        c.store_redis.start()
+        assert result.get(timeout=60) == TOTAL(120)
+        assert starts(c, result.id)[-1]["i"] >= 10, "resumed from the checkpoint, not from the start"
+        assert "checkpoint released for resume" in w1.output()
+        assert not w1.exited() and not w2.exited()
 
 
 def test_bad_entries_are_reported_once_and_left_in_place(tmp_path) -> None:

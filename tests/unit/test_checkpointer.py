@@ -21,6 +21,7 @@ from celery_checkpoint import (
     DuplicateRun,
 )
 from celery_checkpoint.checkpointer import Checkpointer
+from celery_checkpoint.ownership import Handover
 from celery_checkpoint.record import accepted_content_types, worker_id
 from celery_checkpoint.stores import CheckpointStore, create_store
 from tests.harness import RedisServer, free_port
@@ -157,6 +158,83 @@ def test_an_unflagged_duplicate_of_a_never_seen_call_stops_at_its_first_save(sto
     with pytest.raises(CheckpointOwnershipLost, match="already finished"):
         after_success.save({"i": 99})
     assert store.get("t1") is None, "neither duplicate left a checkpoint"
+
+
+class AnswerLost:
+    """The memory store, where the named calls are applied once but their answer never arrives."""
+
+    def __init__(self, inner: CheckpointStore, *lose: str) -> None:
+        self.inner = inner
+        self.lose = set(lose)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name not in self.lose:
+            return method
+
+        def applied_then_lost(*args: Any, **kwargs: Any) -> Any:
+            self.lose.discard(name)
+            method(*args, **kwargs)
+            raise CheckpointStoreError(f"connection lost before the answer to {name}")
+
+        return applied_then_lost
+
+
+W2 = worker_id("w2@h", "b")
+
+
+def test_a_create_whose_answer_was_lost_is_handed_to_the_retry(store: CheckpointStore) -> None:
+    """The run retries itself and its process lives on: only the handover lets the retry in."""
+    store.register(OWNER, 30)
+    store.register(W2, 30)
+    first = make(AnswerLost(store, "create"))  # type: ignore[arg-type]
+    with pytest.raises(CheckpointStoreError):
+        first.save({"i": 5})
+    handover = first.handover
+    first.close()
+    assert handover is not None and (handover.fence, handover.owner) == (1, OWNER)
+    without = make(store, owner=W2)
+    with pytest.raises(DuplicateRun, match="alive"):
+        without.load()
+    without.close()
+    retried = make(store, owner=W2, handed=handover)
+    assert retried.load() == {"i": 5}
+    assert retried.save({"i": 6}) and retried.fence == 2
+
+
+def test_a_takeover_whose_answer_was_lost_is_handed_to_the_retry(store: CheckpointStore) -> None:
+    store.register(W2, 30)
+    store.register(worker_id("w3@h", "c"), 30)
+    dead = make(store)
+    dead.save({"i": 3})  # its worker, OWNER, holds no lease: it is dead
+    dead.close()
+    resumed = make(AnswerLost(store, "takeover"), owner=W2)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointStoreError):
+        resumed.load()
+    handover = resumed.handover
+    resumed.close()
+    assert handover is not None and handover.fence == 2
+    retried = make(store, owner=worker_id("w3@h", "c"), handed=handover)
+    assert retried.load() == {"i": 3}
+
+
+def test_a_handover_does_not_open_a_checkpoint_another_live_run_holds(store: CheckpointStore) -> None:
+    store.register(W2, 30)
+    holder = make(store, owner=W2)
+    holder.save({"i": 1})
+    stale = Handover(holder.fence, OWNER, holder.pid)  # right fence, another owner
+    with pytest.raises(DuplicateRun, match="alive"):
+        make(store, owner=worker_id("w3@h", "c"), handed=stale).load()
+    holder.close()
+
+
+def test_a_save_after_a_create_whose_answer_was_lost_finds_its_own_checkpoint(store: CheckpointStore) -> None:
+    cp = make(AnswerLost(store, "create"), task_id="own")  # type: ignore[arg-type]
+    with pytest.raises(CheckpointStoreError):
+        cp.save({"i": 1})
+    assert cp.save({"i": 2}) is True, "the store refused a second create; the run is not a duplicate"
+    record = store.get("own")
+    assert record is not None and json.loads(record.state.payload) == {"i": 2}
 
 
 def test_unserializable_state_names_the_type_and_saves_nothing(store: CheckpointStore) -> None:

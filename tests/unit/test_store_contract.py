@@ -117,6 +117,16 @@ def test_interrupted_lists_only_dead_owners_and_released(store: CheckpointStore)
     assert "live" not in {t for t, _ in found}
 
 
+def test_held_by_lists_what_a_worker_owns_until_it_parks_it(store: CheckpointStore) -> None:
+    store.create("b", _new(W1))
+    store.create("a", _new(W1))
+    store.create("other", _new(W2))
+    assert store.held_by(W1) == ["a", "b"]
+    assert store.park("a", 1, W1, Status.RELEASED)
+    assert store.held_by(W1) == ["b"]
+    assert store.held_by(worker_id("w9@host", "none")) == []
+
+
 def test_restart_under_same_node_name_ends_old_lease(store: CheckpointStore) -> None:
     old = worker_id("w1@host", "old")
     new = worker_id("w1@host", "new")
