@@ -139,12 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="celery-checkpoint-bench-"))
         stack.callback(shutil.rmtree, workdir, True)
+        redis_pid = None
         if args.redis_url:
             url = args.redis_url
         else:
             server = stack.enter_context(PrivateRedis())
             url = f"{server.url}/0"
-        ctx = Context(redis_url=url, quick=args.quick, namespace=namespace, workdir=workdir)
+            redis_pid = server.proc.pid if server.proc is not None else None
+        ctx = Context(
+            redis_url=url, quick=args.quick, namespace=namespace, workdir=workdir, redis_pid=redis_pid
+        )
         stack.callback(ctx.forget_keys, f"{namespace}*")
         ctx.log(f"redis {url}, key namespace {namespace}{' (quick: smoke only)' if args.quick else ''}")
         info = versions(url)

@@ -30,6 +30,8 @@ class Context:
     #: Scratch directory (SQLite files, worker logs), removed at the end.
     workdir: Path
     verbose: bool = False
+    #: The private redis-server's pid, to count its CPU (None with --redis-url).
+    redis_pid: int | None = None
 
     def log(self, message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)

@@ -12,6 +12,11 @@ task (its worker does not import celery_checkpoint), a ``CheckpointTask``
 whose body never touches its checkpointer, and one that loads, saves once
 and completes. Each figure is the median of the checkpointed runs over the
 median of the plain runs of the same rounds.
+
+Each run also counts the CPU time (from ``/proc``) that the worker's main
+process, its pool processes and the private redis-server spend inside the
+timed window, per task. On a VM whose speed drifts by +-10 % from run to
+run, those say where a difference comes from when the tasks/s cannot.
 """
 
 from __future__ import annotations
@@ -76,6 +81,14 @@ class WorkerProcess:
     def exited(self) -> bool:
         return self.proc.poll() is not None
 
+    def pool(self) -> list[int]:
+        """The pids of its pool processes."""
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as handle:
+                return [int(pid) for pid in handle.read().split()]
+        except OSError:
+            return []
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
@@ -89,6 +102,25 @@ class WorkerProcess:
                 self.proc.wait(10)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuPerTask:
+    """Microseconds of CPU per task inside the timed window, per process role."""
+
+    main: float
+    pool: float
+    redis: float | None
+
+
 class Runner:
     def __init__(self, ctx: Context, n: int) -> None:
         self.ctx = ctx
@@ -97,6 +129,16 @@ class Runner:
         self.client = ctx.client()
         self.runs = 0
         self.saved: list[int] = []
+        #: Variant name -> CPU per task of each of its runs (Linux /proc only).
+        self.cpu: dict[str, list[CpuPerTask]] = {}
+
+    def _cpu_now(self, worker: WorkerProcess) -> tuple[float, float, float | None]:
+        pid = self.ctx.redis_pid
+        return (
+            cpu_seconds(worker.proc.pid),
+            sum(cpu_seconds(child) for child in worker.pool()),
+            cpu_seconds(pid) if pid else None,
+        )
 
     def env(self, variant: Variant, queue: str, store_prefix: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -140,7 +182,10 @@ class Runner:
         )
         try:
             t0 = self._first_taken(worker, qkey)
+            before = self._cpu_now(worker)
             t1 = self._drained(worker, qkey, ukey)
+            after = self._cpu_now(worker)
+            self.cpu.setdefault(variant.name, []).append(self._per_task(before, after))
         finally:
             worker.stop()
             app.close()
@@ -155,6 +200,16 @@ class Runner:
         rate = self.n / (t1 - t0)
         self.ctx.log(f"   {variant.name:16s} {rate:7.1f} tasks/s")
         return rate
+
+    def _per_task(
+        self, before: tuple[float, float, float | None], after: tuple[float, float, float | None]
+    ) -> CpuPerTask:
+        redis = None if before[2] is None or after[2] is None else (after[2] - before[2]) / self.n * 1e6
+        return CpuPerTask(
+            main=(after[0] - before[0]) / self.n * 1e6,
+            pool=(after[1] - before[1]) / self.n * 1e6,
+            redis=redis,
+        )
 
     def _first_taken(self, worker: WorkerProcess, qkey: str) -> float:
         deadline = time.monotonic() + 60
@@ -199,11 +254,23 @@ def throughput(ctx: Context) -> list[Figure]:
         ctx.forget_keys(f"{runner.keyprefix}*")
     plain = samples[PLAIN.name]
 
+    def cpu_of(variant: Variant) -> str:
+        runs = runner.cpu.get(variant.name, [])
+        if not runs:
+            return "?"
+        redis = [r.redis for r in runs if r.redis is not None]
+        parts = [f"main {median([r.main for r in runs]):.0f}", f"pool {median([r.pool for r in runs]):.0f}"]
+        if redis:
+            parts.append(f"redis {median(redis):.0f}")
+        return " / ".join(parts)
+
     def info_for(variant: Variant) -> str:
         paired = median([ours / base for ours, base in zip(samples[variant.name], plain, strict=True)])
         return (
             f"{n} tasks per run, {repeats} runs per variant; median of the per-round "
-            f"ratios (each round runs all three back to back): {paired:.3f}x"
+            f"ratios (each round runs all three back to back): {paired:.3f}x; CPU per task in us "
+            f"(worker main process / pool processes / redis-server, medians): "
+            f"{cpu_of(variant)} vs plain {cpu_of(PLAIN)}"
         )
 
     return [

@@ -8,6 +8,7 @@ nothing, and CI machines are too noisy for targets anyway.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,8 @@ def test_worker_and_scan_benchmarks_run(tmp_path: Path) -> None:
     assert "| figure | ours | baseline | ratio | target | result |" in text
     assert sorted(markdown_rows(text)) == ["4", "5", "7a", "7b", "7c"]
     assert "redis-server" in text  # the versions line
+    cpu = re.findall(r"main (\d+) / pool (\d+) / redis (\d+) vs plain main (\d+)", text)
+    assert len(cpu) == 2 and all(int(v) > 0 for row in cpu for v in row), "CPU per task of each process role"
 
 
 def test_a_given_redis_is_used_and_left_as_it_was(private_redis: RedisServer) -> None:
