@@ -23,7 +23,7 @@ from celery.states import READY_STATES
 from .envelope import parse_envelope
 from .errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
 from .record import CheckpointRecord, Status, accepted_content_types, decode
-from .stores.base import Candidate, CheckpointStore, ClaimOutcome
+from .stores.base import Candidate, CheckpointStore, ClaimOutcome, CorruptEntry
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ class Outcome(str, enum.Enum):
     BAD = "bad"
     GONE = "gone"
     FAILED = "failed"
+
+
+#: Candidates whose records one scan reads together.
+READ_BATCH = 500
+
+
+class Unread:
+    """Marks a candidate whose record the caller has not read."""
+
+
+UNREAD = Unread()
 
 
 @dataclass
@@ -77,24 +88,43 @@ class Resumer:
     def scan(self, revoked: Container[str] = ()) -> ScanReport:
         """Resume every interrupted checkpoint; one bad entry never stops the rest."""
         report = ScanReport()
-        for candidate in self.store.interrupted():
+        candidates = self.store.interrupted()
+        for start in range(0, len(candidates), READ_BATCH):
+            batch = candidates[start : start + READ_BATCH]
             try:
-                report.outcomes[candidate.task_id] = self.resume(candidate, revoked)
+                # One read for the batch, not one round trip per candidate.
+                records = self.store.get_many([candidate.task_id for candidate in batch])
             except CheckpointStoreError as exc:
-                logger.warning("task %s: not resumed this time: %s", candidate.task_id, exc)
-                report.outcomes[candidate.task_id] = Outcome.FAILED
+                logger.warning("%d checkpoints not resumed this time: %s", len(batch), exc)
+                report.outcomes.update((candidate.task_id, Outcome.FAILED) for candidate in batch)
+                continue
+            for candidate, record in zip(batch, records, strict=True):
+                try:
+                    report.outcomes[candidate.task_id] = self.resume(candidate, revoked, record)
+                except CheckpointStoreError as exc:
+                    logger.warning("task %s: not resumed this time: %s", candidate.task_id, exc)
+                    report.outcomes[candidate.task_id] = Outcome.FAILED
         return report
 
-    def resume(self, candidate: Candidate, revoked: Container[str] = ()) -> Outcome:
+    def resume(
+        self,
+        candidate: Candidate,
+        revoked: Container[str] = (),
+        record: CheckpointRecord | CorruptEntry | Unread | None = UNREAD,
+    ) -> Outcome:
+        """Resume one candidate; ``record`` is its record when the caller read it already."""
         task_id = candidate.task_id
         if task_id in revoked:
             self.store.delete(task_id)
             logger.info("task %s was revoked: its checkpoint is removed, not resumed", task_id)
             return Outcome.REVOKED
-        try:
-            record = self.store.get(task_id)
-        except CorruptCheckpoint as exc:
-            return self._bad(task_id, str(exc))
+        if isinstance(record, Unread):
+            try:
+                record = self.store.get(task_id)
+            except CorruptCheckpoint as exc:
+                return self._bad(task_id, str(exc))
+        if isinstance(record, CorruptEntry):
+            return self._bad(task_id, record.reason)
         if record is None:
             return Outcome.GONE
         task, problem = self._task_for(record)

@@ -13,7 +13,7 @@ backend (may this run take the checkpoint over?) live in
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -174,6 +174,11 @@ class CheckpointStore(Protocol):
 
     def get(self, task_id: str) -> CheckpointRecord | None:
         """The record, or ``None``; raises ``CorruptCheckpoint`` if unreadable."""
+        ...
+
+    def get_many(self, task_ids: Sequence[str]) -> list[CheckpointRecord | CorruptEntry | None]:
+        """The records of ``task_ids``, in order, read together (one round trip on
+        Redis): an unreadable one is a ``CorruptEntry``, a missing one ``None``."""
         ...
 
     def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:

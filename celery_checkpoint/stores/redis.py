@@ -29,7 +29,7 @@ interrupted checkpoints and not with the live ones.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -423,6 +423,27 @@ class RedisStore:
         if not reply:
             return None
         return _record(task_id, _pairs(reply))
+
+    def get_many(self, task_ids: Sequence[str]) -> list[CheckpointRecord | CorruptEntry | None]:
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in task_ids:
+                self._read(keys=[self.record_key(task_id)], args=[self.save_key(task_id, "")], client=pipe)
+            return list(pipe.execute(raise_on_error=False))
+
+        replies = self._call("read", None, read) if task_ids else []
+        found: list[CheckpointRecord | CorruptEntry | None] = []
+        for task_id, reply in zip(task_ids, replies, strict=True):
+            if isinstance(reply, redis.ResponseError):  # WRONGTYPE: not a hash
+                found.append(CorruptEntry(self.record_key(task_id), f"not a checkpoint hash: {reply}"))
+            elif not reply:
+                found.append(None)
+            else:
+                try:
+                    found.append(_record(task_id, _pairs(reply)))
+                except CorruptCheckpoint as exc:
+                    found.append(CorruptEntry(self.record_key(task_id), str(exc)))
+        return found
 
     def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:
         structural = {self.workers_key, self.owners_key, self.released_key}

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -448,6 +448,15 @@ class SQLiteStore:
                 .fetchone()
             )
         return None if row is None else _record(row)
+
+    def get_many(self, task_ids: Sequence[str]) -> list[CheckpointRecord | CorruptEntry | None]:
+        found: list[CheckpointRecord | CorruptEntry | None] = []
+        for task_id in task_ids:  # a local file: one query each costs no round trip
+            try:
+                found.append(self.get(task_id))
+            except CorruptCheckpoint as exc:
+                found.append(CorruptEntry(task_id, str(exc)))
+        return found
 
     def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:
         with self._errors("list"):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker_id
+from celery_checkpoint.errors import CorruptCheckpoint
+from celery_checkpoint.record import CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_id
 from celery_checkpoint.stores import CheckpointStore, ClaimOutcome, CorruptEntry, create_store
 from celery_checkpoint.stores.redis import RedisStore
 from tests.harness import RedisServer
@@ -192,6 +193,30 @@ def test_delete_and_scan(store: CheckpointStore) -> None:
     assert store.delete("a")
     assert not store.delete("a")
     assert store.get("a") is None
+
+
+def _break(store: CheckpointStore, task_id: str) -> None:
+    """Leave an unreadable entry for ``task_id``, the way each store can hold one."""
+    if isinstance(store, RedisStore):
+        store.client.set(store.record_key(task_id), "a string, not a hash")
+    else:
+        store.create(task_id, _new(W1))
+        with store._transaction("break") as conn:  # type: ignore[attr-defined]
+            conn.execute("UPDATE checkpoints SET status = 'bogus' WHERE task_id = ?", (task_id,))
+
+
+def test_get_many_reads_in_order_and_reports_missing_and_unreadable(store: CheckpointStore) -> None:
+    store.create("a", _new(W1, b'{"i": 1}'))
+    store.create("b", _new(W2, b'{"i": 2}'))
+    _break(store, "broken")
+    got = store.get_many(["b", "nope", "broken", "a"])
+    assert isinstance(got[0], CheckpointRecord) and got[0].state.payload == b'{"i": 2}'
+    assert got[1] is None
+    assert isinstance(got[2], CorruptEntry) and "broken" in got[2].key
+    assert isinstance(got[3], CheckpointRecord) and got[3].owner == W1
+    assert store.get_many([]) == []
+    with pytest.raises(CorruptCheckpoint):
+        store.get("broken")  # the same entry, read alone
 
 
 def test_leases(store: CheckpointStore) -> None:
