@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 
 PLAIN_NOOP = "bench.plain_noop"
+PLAIN_NOOP_LATE = "bench.plain_noop_late"
 CHECKPOINT_NOOP = "bench.checkpoint_noop"
 CHECKPOINT_SAVE = "bench.checkpoint_save"
 RESUMABLE = "bench.resumable"
@@ -38,6 +39,11 @@ def make_app(
 
     @app.task(bind=True, name=PLAIN_NOOP, shared=False)
     def plain_noop(self: Any) -> None:
+        return None
+
+    @app.task(bind=True, name=PLAIN_NOOP_LATE, shared=False, acks_late=True, reject_on_worker_lost=True)
+    def plain_noop_late(self: Any) -> None:
+        """The plain task with the delivery options CheckpointTask turns on (``bench.ab``)."""
         return None
 
     if not checkpoint:

@@ -72,6 +72,32 @@ def test_worker_and_scan_benchmarks_run(tmp_path: Path) -> None:
     assert len(cpu) == 2 and all(int(v) > 0 for row in cpu for v in row), "CPU per task of each process role"
 
 
+def test_the_variant_comparison_runs_real_workers() -> None:
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.ab",
+            "--tasks",
+            "100",
+            "--rounds",
+            "1",
+            "plain",
+            "plain-late",
+            "plain-in-ckpt-nostore",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["plain", "plain-late", "plain-in-ckpt-nostore"]
+    assert all("tasks/s" in line and "CPU us/task main" in line for line in lines)
+
+
 def test_a_given_redis_is_used_and_left_as_it_was(private_redis: RedisServer) -> None:
     url = f"{private_redis.url}/5"
     client = redis.Redis.from_url(url)
