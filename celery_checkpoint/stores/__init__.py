@@ -66,7 +66,20 @@ def create_store(url: str, *, prefix: str = "checkpoint:", done_ttl: float = 864
         redis_store: CheckpointStore = cls(url, prefix=prefix, done_ttl=done_ttl)
         return redis_store
     other: CheckpointStore = cls(url)
+    missing = [name for name in PROTOCOL_METHODS if not callable(getattr(other, name, None))]
+    if missing:
+        raise TypeError(
+            f"checkpoint_store_url: the {scheme!r} store ({cls.__module__}.{cls.__qualname__}) lacks "
+            f"{', '.join(missing)}; it was written for another version of celery_checkpoint's store "
+            "protocol (celery_checkpoint.stores.base.CheckpointStore)"
+        )
     return other
+
+
+#: What a store from a ``celery_checkpoint.stores`` entry point must provide.
+PROTOCOL_METHODS = tuple(
+    name for name, value in vars(CheckpointStore).items() if callable(value) and not name.startswith("_")
+)
 
 
 def open_store(url: str, *, prefix: str = "checkpoint:", done_ttl: float = 86400.0) -> CheckpointStore:

@@ -248,3 +248,20 @@ def test_a_reenqueued_checkpoint_is_sent_again_only_after_its_grace_and_not_as_a
     assert again.outcome is ClaimOutcome.CLAIMED and again.record is not None
     assert again.record.resume_count == 1, "a re-send is not a resume"
     assert again.record.fence > claimed.record.fence
+
+
+def test_a_plugin_store_missing_protocol_methods_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import celery_checkpoint.stores as stores
+
+    class OldStore:
+        """A plugin store written before held_by and get_many existed."""
+
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+    for name in stores.PROTOCOL_METHODS:
+        if name not in ("held_by", "get_many"):
+            setattr(OldStore, name, lambda self, *args, **kwargs: None)
+    monkeypatch.setattr(stores, "store_class", lambda scheme: OldStore)
+    with pytest.raises(TypeError, match=r"'old' store .*OldStore.* lacks held_by, get_many"):
+        create_store("old://somewhere")
