@@ -35,6 +35,11 @@ ALIASES = {
     "memory": "celery_checkpoint.stores.memory:MemoryStore",
 }
 
+#: What a store from a ``celery_checkpoint.stores`` entry point must provide.
+PROTOCOL_METHODS = tuple(
+    name for name, value in vars(CheckpointStore).items() if callable(value) and not name.startswith("_")
+)
+
 _cache: dict[tuple[int, str, str, float], CheckpointStore] = {}
 _cache_lock = threading.Lock()
 
@@ -74,12 +79,6 @@ def create_store(url: str, *, prefix: str = "checkpoint:", done_ttl: float = 864
             "protocol (celery_checkpoint.stores.base.CheckpointStore)"
         )
     return other
-
-
-#: What a store from a ``celery_checkpoint.stores`` entry point must provide.
-PROTOCOL_METHODS = tuple(
-    name for name, value in vars(CheckpointStore).items() if callable(value) and not name.startswith("_")
-)
 
 
 def open_store(url: str, *, prefix: str = "checkpoint:", done_ttl: float = 86400.0) -> CheckpointStore:

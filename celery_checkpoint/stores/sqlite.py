@@ -371,11 +371,13 @@ class SQLiteStore:
         return found
 
     def held_by(self, worker_id: str) -> list[str]:
-        with self._transaction("read owned checkpoints") as conn:
-            rows = conn.execute(
-                "SELECT task_id FROM checkpoints WHERE owner = ? ORDER BY task_id", (worker_id,)
+        with self._errors("read owned checkpoints"):  # a read: no write lock, as in get()
+            rows = (
+                self._connection()
+                .execute("SELECT task_id FROM checkpoints WHERE owner = ? ORDER BY task_id", (worker_id,))
+                .fetchall()
             )
-            return [task_id for (task_id,) in rows]
+        return [task_id for (task_id,) in rows]
 
     def claim(
         self,
