@@ -11,6 +11,7 @@ The store is touched lazily: a run whose body never calls ``load()`` or
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from .errors import (
 from .ownership import Decision, Handover, decide
 from .record import CheckpointRecord, EncodedState, NewCheckpoint, Status, decode, encode, worker_host
 from .runtime import runs_in_process
+from .settle import settle_in_background
 from .stores.base import CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -335,10 +337,29 @@ class Checkpointer:
     # -- the end of a run --------------------------------------------------
 
     def complete(self) -> None:
-        """The run succeeded: delete the checkpoint and mark the task id done."""
-        if self._fence:
-            self.store.finish(self.task_id, self._fence, self.owner)
-            self._fence = 0
+        """The run succeeded: delete the checkpoint and mark the task id done.
+
+        A store that can send the delete without waiting for its answer
+        (Redis, see :class:`~celery_checkpoint.stores.base.FinishesWithoutWaiting`)
+        does: the result is already stored, the answer matters only if it
+        is a failure, and then the delete is retried in the background like
+        any settlement that failed.
+        """
+        fence = self._fence
+        if not fence:
+            return
+        send = getattr(self.store, "finish_nowait", None)
+        if send is None:
+            self.store.finish(self.task_id, fence, self.owner)
+        else:
+            send(self.task_id, fence, self.owner, functools.partial(self._finish_again, fence))
+        self._fence = 0
+
+    def _finish_again(self, fence: int, exc: CheckpointStoreError) -> None:
+        logger.warning("task %s: could not delete its checkpoint, will retry: %s", self.task_id, exc)
+        settle_in_background(
+            self.task_id, functools.partial(self.store.finish, self.task_id, fence, self.owner)
+        )
 
     def fail(self, exc: BaseException | None = None) -> None:
         """The run failed for good: delete the checkpoint, unless it is unreadable.

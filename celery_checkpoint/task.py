@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -30,6 +28,7 @@ from .events import send_checkpoint_event
 from .ownership import Handover
 from .record import accepted_content_types, warn_if_unsafe
 from .runtime import current_worker_id
+from .settle import settle_in_background
 from .stores import CheckpointStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -256,37 +255,9 @@ class CheckpointTask(Task):  # type: ignore[misc]
             # The outcome is already stored: keep trying in the background, so
             # a store blip does not leave a finished task's checkpoint behind.
             logger.warning("task %s: could not settle its checkpoint, will retry: %s", task_id, exc)
-            _settle_later(task_id, functools.partial(action, handle))
+            settle_in_background(task_id, functools.partial(action, handle))
         except CheckpointError:
             logger.exception("task %s: could not settle its checkpoint", task_id)
-
-
-#: Seconds between the background retries of a failed settlement (doubling, capped).
-SETTLE_RETRY_DELAYS = (0.5, 1, 2, 4, 8, *([15] * 40))
-
-
-def _settle_later(task_id: str, settle: Callable[[], None]) -> None:
-    """Retry a settlement in a daemon thread until the store answers.
-
-    If the process dies first, the resume scan is the safety net: it removes
-    the checkpoint of a task whose result is already final instead of
-    resuming it.
-    """
-
-    def retry() -> None:
-        for delay in SETTLE_RETRY_DELAYS:
-            time.sleep(delay)
-            try:
-                settle()
-            except CheckpointStoreError:
-                continue
-            except CheckpointError:
-                break
-            logger.info("task %s: checkpoint settled after a store failure", task_id)
-            return
-        logger.error("task %s: gave up settling its checkpoint; the resume scan will", task_id)
-
-    threading.Thread(target=retry, name=f"checkpoint-settle-{task_id}", daemon=True).start()
 
 
 def _suspect_delivery(request: Any) -> bool:

@@ -13,10 +13,11 @@ backend (may this run take the checkpoint over?) live in
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ..errors import CheckpointStoreError
 from ..record import CheckpointRecord, EncodedState, NewCheckpoint, Status
 
 
@@ -190,3 +191,28 @@ class CheckpointStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FinishesWithoutWaiting(Protocol):
+    """An optional capability: a store that can send ``finish`` without waiting.
+
+    Not part of :class:`CheckpointStore` (a third-party store need not offer
+    it). A successful run's checkpoint is deleted after its result is
+    stored, so only a failure of that delete matters; a store over a network
+    (Redis) sends it and reads the answer later, which spares a short task
+    a round trip's wait (BENCHMARKS.md, figure 5).
+    """
+
+    def finish_nowait(
+        self, task_id: str, fence: int, owner: str, on_failure: Callable[[CheckpointStoreError], None]
+    ) -> None:
+        """Send what ``finish`` does and return at once.
+
+        Raises ``CheckpointStoreError`` if it could not be sent. A failure
+        reported later (an error answer, a connection lost before the answer
+        was read: the delete may or may not be applied) calls ``on_failure``
+        from whichever thread reads it; it must not block. ``finish`` with
+        the same arguments is then safe to call again.
+        """
+        ...

@@ -269,19 +269,45 @@ class RedisStore:
         try:
             return bool(
                 self._run(
-                    self._finish,
-                    [
-                        self.record_key(task_id),
-                        self.owned_key(owner),
-                        self.done_key(task_id),
-                        self.released_key,
-                        self.save_key(task_id, fence),
-                    ],
-                    [task_id, fence, self.done_ttl_ms],
+                    self._finish, self._finish_keys(task_id, fence, owner), [task_id, fence, self.done_ttl_ms]
                 )
             )
         except redis.RedisError as exc:
             raise self._failed("delete", task_id, exc) from exc
+
+    def finish_nowait(
+        self, task_id: str, fence: int, owner: str, on_failure: Callable[[CheckpointStoreError], None]
+    ) -> None:
+        """``finish``, sent without waiting for the answer (see :class:`.base.FinishesWithoutWaiting`).
+
+        Redis applies a connection's commands in order, and this process's
+        next command on the connection reads the answer first. A failure
+        to send raises :class:`CheckpointStoreError` here; an error answer,
+        or a connection lost before the answer was read, goes to
+        ``on_failure``.
+        """
+        keys = self._finish_keys(task_id, fence, owner)
+        # EVAL, not EVALSHA: a NOSCRIPT answer (a restarted server) would
+        # only be read after the task was acknowledged.
+        command = ("EVAL", redis_lua.FINISH, len(keys), *keys, task_id, fence, self.done_ttl_ms)
+
+        def failed(exc: Exception) -> None:
+            error = exc if isinstance(exc, redis.RedisError) else redis.RedisError(repr(exc))
+            on_failure(self._failed("delete", task_id, error))
+
+        try:
+            self._wire.send((command,), failed)
+        except redis.RedisError as exc:
+            raise self._failed("delete", task_id, exc) from exc
+
+    def _finish_keys(self, task_id: str, fence: int, owner: str) -> list[str]:
+        return [
+            self.record_key(task_id),
+            self.owned_key(owner),
+            self.done_key(task_id),
+            self.released_key,
+            self.save_key(task_id, fence),
+        ]
 
     def park(self, task_id: str, fence: int, owner: str, status: Status) -> bool:
         return bool(

@@ -101,12 +101,14 @@ return 1
 # KEYS[5] save at the fence
 # ARGV[1] task id, ARGV[2] fence, ARGV[3] done marker TTL in ms
 # -> 1 when deleted, 0 when fenced out
+# The done marker is written first: on a full server (maxmemory) that write
+# is the one refused, and then nothing else has changed.
 FINISH = """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 redis.call('DEL', KEYS[1], KEYS[5])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 return 1
 """
 

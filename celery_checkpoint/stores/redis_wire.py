@@ -9,27 +9,70 @@ by the store and used through its public ``send_packed_command`` /
 connections are still made by the client's pool (``make_connection``), so
 TLS, AUTH, the database number, timeouts and the hiredis parser are
 redis-py's own.
+
+Commands whose answer matters only when it is an error (a finished task's
+delete) can be sent without waiting (:meth:`Wire.send`): their replies are
+read by the next exchange on the same connection, or by a collector thread
+once the connection has been idle for :data:`COLLECT_AFTER` seconds.
+Waiting for such a reply cost a short task a sleep and a wake-up of its
+process, ~40 us of CPU and ~8 % of a 2-core worker's throughput
+(BENCHMARKS.md, figure 5).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
+logger = logging.getLogger(__name__)
+
+#: Called with the error when a command sent without waiting failed: an error
+#: reply, or the connection lost before its reply was read (it may or may not
+#: have been applied).
+OnFailure = Callable[[Exception], None]
+
+#: Seconds a connection may sit idle with unread replies before the collector reads them.
+COLLECT_AFTER = 1.0
+
 #: Live ``Wire`` objects, so a forked child can drop its parent's sockets.
 _wires: weakref.WeakSet[Wire] = weakref.WeakSet()
+_monotonic = time.monotonic
+
+
+class _Line:
+    """A dedicated connection and the replies still owed on it, oldest first."""
+
+    __slots__ = ("conn", "owed", "sent_at")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.owed: list[tuple[int, OnFailure]] = []
+        self.sent_at = 0.0
 
 
 class Wire:
-    """Idle dedicated connections, one taken per exchange (so threads never share one)."""
+    """Idle dedicated connections, one taken per exchange (so threads never share one).
+
+    Replies are always read in order on each connection: whoever takes a
+    connection reads the replies still owed on it before sending anything.
+    A single-threaded process (a prefork pool child) always takes the
+    connection it used last, so what it sent without waiting is applied
+    before anything it sends next.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
-        # list.pop/append are atomic: taking and giving back needs no lock.
-        self._idle: list[Any] = []
+        # list.pop/append/remove are atomic: taking and giving back needs no lock.
+        self._idle: list[_Line] = []
+        self._collector: threading.Thread | None = None
+        self._closed = False
         _wires.add(self)
 
     def exchange(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
@@ -43,10 +86,8 @@ class Wire:
         """
         payload = [pack(commands)]
         count = len(commands)
-        try:
-            conn = self._idle.pop()
-        except IndexError:
-            conn = self._pool.make_connection()
+        line = self._take()
+        conn = line.conn
         try:
             try:
                 replies = _send_and_read(conn, payload, count)
@@ -56,25 +97,128 @@ class Wire:
         except BaseException:
             conn.disconnect()
             raise
-        self._idle.append(conn)
+        self._idle.append(line)
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 raise reply
         return replies
 
-    def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
+    def send(self, commands: tuple[tuple[Any, ...], ...], on_failure: OnFailure) -> None:
+        """Send ``commands`` in one write and return without reading their replies.
+
+        A failure to send raises here, as in :meth:`exchange`. A failure
+        learnt later (an error reply, or the connection lost before the
+        replies were read) is passed to ``on_failure``, in whichever thread
+        reads the replies; ``on_failure`` must not block.
+        """
+        payload = [pack(commands)]
+        line = self._take()
+        conn = line.conn
+        try:
+            try:
+                conn.send_packed_command(payload, check_health=False)
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
+                conn.send_packed_command(payload, check_health=False)  # reconnects first
+        except BaseException:
             conn.disconnect()
+            raise
+        line.owed.append((len(commands), on_failure))
+        line.sent_at = _monotonic()
+        self._idle.append(line)
+        if self._collector is None:
+            self._start_collector()
+
+    def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for line in idle:
+            try:
+                _collect(line)
+            except Exception:  # closing: report what can be reported, never raise
+                logger.debug("unread Redis replies lost at close", exc_info=True)
+            line.conn.disconnect()
+
+    def _take(self) -> _Line:
+        """An idle connection with every reply owed on it read, or a new one."""
+        try:
+            line = self._idle.pop()
+        except IndexError:
+            return _Line(self._pool.make_connection())
+        if line.owed:
+            _collect(line)
+        return line
+
+    def _start_collector(self) -> None:
+        collector = threading.Thread(target=self._collect_idle, name="checkpoint-redis-replies", daemon=True)
+        self._collector = collector
+        collector.start()
+
+    def _collect_idle(self) -> None:
+        """Read the replies owed on connections nobody has used for a while.
+
+        So that an error reply to a command sent without waiting is acted on
+        within seconds even when the process gets no more work.
+        """
+        while not self._closed:
+            time.sleep(COLLECT_AFTER)
+            now = _monotonic()
+            for line in list(self._idle):
+                if not line.owed or now - line.sent_at < COLLECT_AFTER:
+                    continue
+                try:
+                    self._idle.remove(line)
+                except ValueError:
+                    continue  # taken by an exchange, which reads them itself
+                try:
+                    _collect(line)
+                except Exception:
+                    logger.debug("collecting unread Redis replies failed", exc_info=True)
+                self._idle.append(line)
 
     def _forget_after_fork(self) -> None:
         # The parent's sockets: redis-py's disconnect() only closes, never
-        # shuts down, a socket opened by another pid; dropping them is enough.
+        # shuts down, a socket opened by another pid; dropping them (and
+        # the replies owed on them, which the parent reads) is enough.
+        # Threads do not survive a fork: the child starts its own collector.
         self._idle = []
+        self._collector = None
 
 
-def _send_and_read(conn: Any, payload: list[bytes], count: int) -> list[Any]:
-    conn.send_packed_command(payload, check_health=False)
+def _collect(line: _Line) -> None:
+    """Read the replies owed on ``line`` and report the failures.
+
+    A lost connection fails every command still owed and leaves the line
+    disconnected (the next send reconnects); anything else that interrupts
+    the read (a soft time limit) does the same and is raised.
+    """
+    owed, line.owed = line.owed, []
+    conn = line.conn
+    for index, (count, on_failure) in enumerate(owed):
+        try:
+            replies = _read(conn, count)
+        except BaseException as exc:
+            conn.disconnect()
+            failure = exc if isinstance(exc, Exception) else redis.ConnectionError(repr(exc))
+            for _, unanswered in owed[index:]:
+                _report(unanswered, failure)
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                return
+            raise
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                _report(on_failure, reply)
+                break
+
+
+def _report(on_failure: OnFailure, exc: Exception) -> None:
+    try:
+        on_failure(exc)
+    except Exception:  # a failure callback must never break the exchange that found it
+        logger.exception("reporting a failed Redis command raised")
+
+
+def _read(conn: Any, count: int) -> list[Any]:
     replies: list[Any] = []
     for _ in range(count):
         try:
@@ -82,6 +226,11 @@ def _send_and_read(conn: Any, payload: list[bytes], count: int) -> list[Any]:
         except redis.ResponseError as exc:
             replies.append(exc)
     return replies
+
+
+def _send_and_read(conn: Any, payload: list[bytes], count: int) -> list[Any]:
+    conn.send_packed_command(payload, check_health=False)
+    return _read(conn, count)
 
 
 def pack(commands: tuple[tuple[Any, ...], ...]) -> bytes:
