@@ -61,10 +61,10 @@ class Wire:
     """Idle dedicated connections, one taken per exchange (so threads never share one).
 
     Replies are always read in order on each connection: whoever takes a
-    connection reads the replies still owed on it before sending anything.
-    A single-threaded process (a prefork pool child) always takes the
-    connection it used last, so what it sent without waiting is applied
-    before anything it sends next.
+    connection reads the replies still owed on it before its own. Redis
+    applies a connection's commands in order, and a single-threaded process
+    (a prefork pool child) always takes the connection it used last, so
+    what it sent without waiting is applied before anything it sends next.
     """
 
     def __init__(self, client: redis.Redis) -> None:
@@ -78,8 +78,10 @@ class Wire:
     def exchange(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
         """Send ``commands`` in one write and read every reply: one round trip.
 
-        A dropped connection is retried once on a new one, as the client's
-        own ``Retry`` would. Every reply is read before an error reply is
+        Replies still owed on the connection are read after the send, in
+        the same wait (they are usually in the socket buffer already). A dropped
+        connection is retried once on a new one, as the client's own
+        ``Retry`` would. Every reply is read before an error reply is
         raised, and a connection interrupted in the middle (a soft time
         limit fires during ``recv``) is closed, so no connection is ever
         given back out of step.
@@ -87,15 +89,14 @@ class Wire:
         payload = [pack(commands)]
         count = len(commands)
         line = self._take()
-        conn = line.conn
         try:
             try:
-                replies = _send_and_read(conn, payload, count)
+                replies = _send_and_read(line, payload, count)
             except (redis.ConnectionError, redis.TimeoutError):
-                conn.disconnect()
-                replies = _send_and_read(conn, payload, count)  # reconnects first
-        except BaseException:
-            conn.disconnect()
+                _lose(line, line.conn)
+                replies = _send_and_read(line, payload, count)  # reconnects first
+        except BaseException as exc:
+            _lose(line, line.conn, exc)
             raise
         self._idle.append(line)
         for reply in replies:
@@ -118,10 +119,10 @@ class Wire:
             try:
                 conn.send_packed_command(payload, check_health=False)
             except (redis.ConnectionError, redis.TimeoutError):
-                conn.disconnect()
+                _lose(line, conn)
                 conn.send_packed_command(payload, check_health=False)  # reconnects first
-        except BaseException:
-            conn.disconnect()
+        except BaseException as exc:
+            _lose(line, conn, exc)
             raise
         line.owed.append((len(commands), on_failure))
         line.sent_at = _monotonic()
@@ -140,14 +141,10 @@ class Wire:
             line.conn.disconnect()
 
     def _take(self) -> _Line:
-        """An idle connection with every reply owed on it read, or a new one."""
         try:
-            line = self._idle.pop()
+            return self._idle.pop()
         except IndexError:
             return _Line(self._pool.make_connection())
-        if line.owed:
-            _collect(line)
-        return line
 
     def _start_collector(self) -> None:
         collector = threading.Thread(target=self._collect_idle, name="checkpoint-redis-replies", daemon=True)
@@ -185,12 +182,13 @@ class Wire:
         self._collector = None
 
 
-def _collect(line: _Line) -> None:
+def _collect(line: _Line) -> bool:
     """Read the replies owed on ``line`` and report the failures.
 
-    A lost connection fails every command still owed and leaves the line
-    disconnected (the next send reconnects); anything else that interrupts
-    the read (a soft time limit) does the same and is raised.
+    A lost connection fails every command still owed, leaves the line
+    disconnected (the next send reconnects) and returns ``False``; anything
+    else that interrupts the read (a soft time limit) does the same and is
+    raised.
     """
     owed, line.owed = line.owed, []
     conn = line.conn
@@ -198,17 +196,26 @@ def _collect(line: _Line) -> None:
         try:
             replies = _read(conn, count)
         except BaseException as exc:
-            conn.disconnect()
-            failure = exc if isinstance(exc, Exception) else redis.ConnectionError(repr(exc))
-            for _, unanswered in owed[index:]:
-                _report(unanswered, failure)
+            line.owed = owed[index:]
+            _lose(line, conn, exc)
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-                return
+                return False
             raise
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 _report(on_failure, reply)
                 break
+    return True
+
+
+def _lose(line: _Line, conn: Any, exc: BaseException | None = None) -> None:
+    """Close the connection; the commands still owed on it failed."""
+    conn.disconnect()
+    owed, line.owed = line.owed, []
+    if owed:
+        failure = exc if isinstance(exc, Exception) else redis.ConnectionError(f"connection closed: {exc!r}")
+        for _, on_failure in owed:
+            _report(on_failure, failure)
 
 
 def _report(on_failure: OnFailure, exc: Exception) -> None:
@@ -228,8 +235,11 @@ def _read(conn: Any, count: int) -> list[Any]:
     return replies
 
 
-def _send_and_read(conn: Any, payload: list[bytes], count: int) -> list[Any]:
+def _send_and_read(line: _Line, payload: list[bytes], count: int) -> list[Any]:
+    conn = line.conn
     conn.send_packed_command(payload, check_health=False)
+    if line.owed and not _collect(line):
+        raise redis.ConnectionError("connection lost while reading earlier replies")
     return _read(conn, count)
 
 
