@@ -124,3 +124,22 @@ def test_a_connection_lost_before_the_answer_is_a_failed_delete_and_retried(
     assert admin.exists(store.record_key("t1")), "the dropped delete must not have been applied"
     wait_for(lambda: admin.exists(store.done_key("t1")), COLLECT_AFTER * 3 + 10, "the delete retried")
     assert not admin.exists(store.record_key("t1"))
+
+
+def test_a_connection_lost_before_the_answer_is_found_by_the_next_command(
+    store: RedisStore, admin: redis.Redis
+) -> None:
+    cp = _saved_run(store, "t1")
+    admin_id = admin.client_id()
+    admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+    try:
+        cp.complete()
+        for client in admin.client_list():
+            if int(client["id"]) != admin_id:
+                admin.client_kill_filter(_id=int(client["id"]))
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    # The next command goes through on a new connection and sees the delete not applied ...
+    assert store.peek("t1").exists
+    # ... and the lost delete is retried in the background.
+    wait_for(lambda: store.peek("t1").done, 10, "the delete retried")
