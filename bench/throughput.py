@@ -241,8 +241,12 @@ def throughput(ctx: Context) -> list[Figure]:
     # 10,000 tasks (~10 s) per run: with 3,000 the runs of one variant spread
     # over +-20 % (the machine drifts between faster and slower spells of a few
     # seconds); longer runs average those spells out.
+    # 12 rounds: each variant runs first, second and third in 4 of them. With
+    # 7, single runs spread +-10 % and one full run's ratio landed anywhere
+    # between 0.96x and 1.05x for a variant whose CPU per task is the plain
+    # task's +0.6 %.
     n = 200 if ctx.quick else 10_000
-    repeats = 1 if ctx.quick else 7
+    repeats = 1 if ctx.quick else 12
     runner = Runner(ctx, n)
     try:
         samples = alternate(
