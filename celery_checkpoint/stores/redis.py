@@ -281,7 +281,7 @@ class RedisStore:
         """``finish``, sent without waiting for the answer (see :class:`.base.FinishesWithoutWaiting`).
 
         Redis applies a connection's commands in order, and this process's
-        next command on the connection reads the answer first. A failure
+        next command on the connection reads this answer before its own. A failure
         to send raises :class:`CheckpointStoreError` here; an error answer,
         or a connection lost before the answer was read, goes to
         ``on_failure``.
