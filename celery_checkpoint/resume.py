@@ -119,10 +119,7 @@ class Resumer:
             logger.info("task %s was revoked: its checkpoint is removed, not resumed", task_id)
             return Outcome.REVOKED
         if isinstance(record, Unread):
-            try:
-                record = self.store.get(task_id)
-            except CorruptCheckpoint as exc:
-                return self._bad(task_id, str(exc))
+            record = self.store.get_many([task_id])[0]
         if isinstance(record, CorruptEntry):
             return self._bad(task_id, record.reason)
         if record is None:
