@@ -83,15 +83,17 @@ return with_save(KEYS[1], KEYS[7], {})
 # ARGV[5..7] state/ctype/cenc, ARGV[8..10] envelope/ectype/ecenc,
 # ARGV[11] progress ('' for none), ARGV[12] saved_at
 # -> 1 (fence) when created, 0 when a record already exists or the task id is done
+# Constants are strings: a Lua number passed to redis.call is formatted with
+# printf on every call (~1.5 us of this script's ~13 us server time).
 CREATE = """
 if redis.call('EXISTS', KEYS[1], KEYS[5]) > 0 then return 0 end
 redis.call('HSET', KEYS[1],
   'name', ARGV[4], 'status', 'running', 'owner', ARGV[2], 'pid', ARGV[3],
-  'fence', 1, 'resumes', 0, 'created_at', ARGV[12],
+  'fence', '1', 'resumes', '0', 'created_at', ARGV[12],
   'env', ARGV[8], 'ectype', ARGV[9], 'ecenc', ARGV[10])
 redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[4], 'state', ARGV[5], 'ctype', ARGV[6], 'cenc', ARGV[7],
-  'progress', ARGV[11], 'saved_at', ARGV[12], 'saves', 1)
+  'progress', ARGV[11], 'saved_at', ARGV[12], 'saves', '1')
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1
