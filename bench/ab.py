@@ -13,6 +13,9 @@ and 5), and three that take the checkpointed worker apart:
 ``plain-in-ckpt`` (the plain task in the checkpointed worker: the package
 imported, its signal handlers and steward running) and
 ``plain-in-ckpt-nostore`` (the same with no store configured: no steward).
+And one reference for figure 5, ``plain-set-delete``: the plain task doing
+by hand what that figure's task asks of its checkpointer, a redis-py ``SET``
+of its state and then a ``DEL``; ``plain-set-delete-late`` adds ``acks_late``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .apps import PLAIN_NOOP, PLAIN_NOOP_LATE
+from .apps import PLAIN_NOOP, PLAIN_NOOP_LATE, PLAIN_SET_DELETE, PLAIN_SET_DELETE_LATE
 from .common import Context
 from .redis_server import PrivateRedis
 from .report import median
@@ -38,6 +41,8 @@ VARIANTS = {
         Variant("plain-late", PLAIN_NOOP_LATE, checkpoint=False),
         Variant("plain-in-ckpt", PLAIN_NOOP, checkpoint=True),
         Variant("plain-in-ckpt-nostore", PLAIN_NOOP, checkpoint=True),
+        Variant("plain-set-delete", PLAIN_SET_DELETE, checkpoint=False),
+        Variant("plain-set-delete-late", PLAIN_SET_DELETE_LATE, checkpoint=False),
     )
 }
 
@@ -47,6 +52,8 @@ class VariantRunner(Runner):
         env = super().env(variant, queue, store_prefix)
         if variant.name.endswith("-nostore"):
             env["BENCH_STORE_URL"] = ""
+        if variant.task in (PLAIN_SET_DELETE, PLAIN_SET_DELETE_LATE):
+            env["BENCH_STORE_URL"] = self.ctx.redis_url
         return env
 
 

@@ -14,6 +14,8 @@ from celery import Celery
 
 PLAIN_NOOP = "bench.plain_noop"
 PLAIN_NOOP_LATE = "bench.plain_noop_late"
+PLAIN_SET_DELETE = "bench.plain_set_delete"
+PLAIN_SET_DELETE_LATE = "bench.plain_set_delete_late"
 CHECKPOINT_NOOP = "bench.checkpoint_noop"
 CHECKPOINT_SAVE = "bench.checkpoint_save"
 RESUMABLE = "bench.resumable"
@@ -45,6 +47,27 @@ def make_app(
     def plain_noop_late(self: Any) -> None:
         """The plain task with the delivery options CheckpointTask turns on (``bench.ab``)."""
         return None
+
+    clients: list[Any] = []  # one redis-py client per pool process, made after the fork
+
+    def set_and_delete(task_id: str) -> None:
+        if not clients:
+            import redis
+
+            clients.append(redis.Redis.from_url(store_url or broker_url))
+        key = f"{store_prefix}raw:{task_id}"
+        clients[0].set(key, b'{"step": 1}')
+        clients[0].delete(key)
+
+    @app.task(bind=True, name=PLAIN_SET_DELETE, shared=False)
+    def plain_set_delete(self: Any) -> None:
+        """A hand-rolled checkpoint with redis-py: SET the state, DEL it at the end (``bench.ab``)."""
+        set_and_delete(self.request.id)
+
+    @app.task(bind=True, name=PLAIN_SET_DELETE_LATE, shared=False, acks_late=True, reject_on_worker_lost=True)
+    def plain_set_delete_late(self: Any) -> None:
+        """The same with the delivery options CheckpointTask turns on (``bench.ab``)."""
+        set_and_delete(self.request.id)
 
     if not checkpoint:
         return app
