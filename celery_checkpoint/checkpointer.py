@@ -1,9 +1,10 @@
 """The throttled per-run handle a checkpointed task body talks to.
 
-The skipped path of :meth:`Checkpointer.save` is one clock read and one
-comparison, taken without a lock: a body may call ``save()`` in its tightest
-loop. The clock advances only after the store confirmed a write, so a failed
-write is never mistaken for a throttled one.
+The skipped path of :meth:`Checkpointer.save` is one attribute read, taken
+without a lock: a body may call ``save()`` in its tightest loop. The first
+call skipped in a window reads the clock and arms :mod:`.alarm`, which
+reopens the window when it ends. The window advances only after the store
+confirmed a write, so a failed write is never mistaken for a throttled one.
 
 The store is touched lazily: a run whose body never calls ``load()`` or
 ``save()`` costs no store round trip at all.
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .alarm import MIN_WINDOW, alarm
 from .errors import (
     CheckpointHandoff,
     CheckpointOwnershipLost,
@@ -41,6 +43,10 @@ _pid = os.getpid()
 def _note_fork() -> None:
     global _pid
     _pid = os.getpid()
+    # The alarm thread did not survive the fork: reopen the windows it was to end.
+    for handle in runs_in_process.handles():
+        if isinstance(handle, Checkpointer):
+            handle.window_over()
 
 
 os.register_at_fork(after_in_child=_note_fork)
@@ -141,8 +147,10 @@ class Checkpointer:
             # A task id no run has used: nothing to read (see CheckpointTask.apply_async).
             self._begun = True
         self._lock = threading.Lock()
-        # Set here, not on the class: the skipped path of save() reads it,
-        # and an instance attribute keeps that read specialised.
+        # Set here, not on the class: the skipped path of save() reads them,
+        # and instance attributes keep those reads specialised.
+        #: True while the alarm holds this window shut: save() skips without a clock read.
+        self._quiet = False
         self._next_save = float("-inf")
         runs_in_process.enter(task_id, self)
 
@@ -180,9 +188,26 @@ class Checkpointer:
         :class:`~celery_checkpoint.errors.CheckpointStoreError` and the next
         call tries again.
         """
+        if self._quiet and not force:
+            return False
         if _monotonic() < self._next_save and not force:
+            self._arm()
             return False
         return self._persist(state, progress, force or self._stop_requested)
+
+    def _arm(self) -> None:
+        """Skip the rest of this window without reading the clock (see :mod:`.alarm`)."""
+        if self.throttle < MIN_WINDOW:
+            return
+        self._quiet = True  # before arming: the alarm may fire at once
+        if self._stop_requested:  # a stop requested since the clock was read
+            self._quiet = False
+            return
+        alarm.at(self._next_save, self)
+
+    def window_over(self) -> None:
+        """The alarm's call: the throttle window armed for has ended."""
+        self._quiet = False
 
     @property
     def should_stop(self) -> bool:
@@ -395,6 +420,7 @@ class Checkpointer:
         """
         self._stop_requested = True
         self._next_save = float("-inf")
+        self._quiet = False
 
     def close(self) -> None:
         if not self._closed:

@@ -84,6 +84,45 @@ def test_throttle_window_reopens(store: CheckpointStore) -> None:
     assert cp.save({"i": 3})
 
 
+def test_a_window_long_enough_for_the_alarm_holds_and_then_reopens(store: CheckpointStore) -> None:
+    throttle = 0.3  # above alarm.MIN_WINDOW: skipped saves read no clock, the alarm reopens
+    cp = make(store, throttle=throttle)
+    assert cp.save({"i": 1})
+    persisted_at = time.monotonic()
+    calls = 1
+    while not cp.save({"i": calls + 1}):
+        calls += 1
+        assert time.monotonic() - persisted_at < 5, "the window never reopened"
+        time.sleep(0.005)
+    assert time.monotonic() - persisted_at >= throttle, "a save persisted inside the window"
+    assert calls > 10 and cp.saves == 2
+    record = store.get("t1")
+    assert record is not None and json.loads(record.state.payload) == {"i": calls + 1}
+
+
+def test_a_forked_child_reopens_the_windows_the_parent_alarm_held(store: CheckpointStore) -> None:
+    import os
+
+    cp = make(store, throttle=0.3)
+    assert cp.save({"i": 1})
+    assert not cp.save({"i": 2})  # armed in this process; the alarm thread is not forked
+    pid = os.fork()
+    if pid == 0:  # the child: its copy must persist once the window is over
+        code = 1
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if cp.save({"i": 3}):
+                    code = 0
+                    break
+                time.sleep(0.01)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's saves stayed throttled"
+    cp.close()
+
+
 def test_a_resumed_run_loads_the_last_state_and_takes_over(store: CheckpointStore) -> None:
     first = make(store)
     first.save({"i": 7})
