@@ -46,7 +46,7 @@ class Alarm:
         with self._cond:
             earliest = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, next(self._order), weakref.ref(target)))
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # first use, or it died
                 self._thread = threading.Thread(target=self._run, name="checkpoint-throttle", daemon=True)
                 self._thread.start()
             elif earliest:

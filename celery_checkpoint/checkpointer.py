@@ -416,7 +416,7 @@ class Checkpointer:
         """Make the next ``save()`` persist whatever the throttle, then hand off.
 
         Called from a signal handler: it only sets attributes, so the
-        skipped path of ``save()`` stays one comparison.
+        skipped path of ``save()`` stays one attribute read.
         """
         self._stop_requested = True
         self._next_save = float("-inf")
