@@ -66,10 +66,16 @@ class Alarm:
                 target.window_over()
 
     def _forget_after_fork(self) -> None:
-        # The thread does not survive a fork; the child starts its own.
+        # The thread does not survive a fork: the child reopens every window
+        # it held (an early reopening only costs a clock read) and starts
+        # its own thread when it next arms one.
+        held, self._heap = self._heap, []
         self._cond = threading.Condition(threading.Lock())
-        self._heap = []
         self._thread = None
+        for _, _, ref in held:
+            target = ref()
+            if target is not None:
+                target.window_over()
 
 
 alarm = Alarm()

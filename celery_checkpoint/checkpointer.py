@@ -43,10 +43,6 @@ _pid = os.getpid()
 def _note_fork() -> None:
     global _pid
     _pid = os.getpid()
-    # The alarm thread did not survive the fork: reopen the windows it was to end.
-    for handle in runs_in_process.handles():
-        if isinstance(handle, Checkpointer):
-            handle.window_over()
 
 
 os.register_at_fork(after_in_child=_note_fork)

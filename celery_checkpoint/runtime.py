@@ -75,17 +75,13 @@ class RunsInProcess:
         with self._lock:
             return self._runs[task_id]
 
-    def handles(self) -> list[Stoppable]:
-        """The runs of this process now. Takes no lock (safe in a signal handler or fork hook)."""
-        return list(self._handles)
-
     def request_stop(self) -> int:
         """Ask every run of this process to stop at its next save.
 
-        Safe in a signal handler: it takes no lock and each request only
-        sets attributes.
+        Safe in a signal handler: it takes no lock (a copy of the set is
+        read as it is) and each request only sets attributes.
         """
-        handles = self.handles()
+        handles = list(self._handles)
         for handle in handles:
             handle.request_stop()
         return len(handles)

@@ -93,10 +93,10 @@ class Wire:
             try:
                 replies = _send_and_read(line, payload, count)
             except (redis.ConnectionError, redis.TimeoutError):
-                _lose(line, line.conn)
+                _lose(line)
                 replies = _send_and_read(line, payload, count)  # reconnects first
         except BaseException as exc:
-            _lose(line, line.conn, exc)
+            _lose(line, exc)
             raise
         self._idle.append(line)
         for reply in replies:
@@ -119,10 +119,10 @@ class Wire:
             try:
                 conn.send_packed_command(payload, check_health=False)
             except (redis.ConnectionError, redis.TimeoutError):
-                _lose(line, conn)
+                _lose(line)
                 conn.send_packed_command(payload, check_health=False)  # reconnects first
         except BaseException as exc:
-            _lose(line, conn, exc)
+            _lose(line, exc)
             raise
         line.owed.append((len(commands), on_failure))
         line.sent_at = _monotonic()
@@ -197,7 +197,7 @@ def _collect(line: _Line) -> bool:
             replies = _read(conn, count)
         except BaseException as exc:
             line.owed = owed[index:]
-            _lose(line, conn, exc)
+            _lose(line, exc)
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                 return False
             raise
@@ -208,9 +208,9 @@ def _collect(line: _Line) -> bool:
     return True
 
 
-def _lose(line: _Line, conn: Any, exc: BaseException | None = None) -> None:
-    """Close the connection; the commands still owed on it failed."""
-    conn.disconnect()
+def _lose(line: _Line, exc: BaseException | None = None) -> None:
+    """Close the line's connection; the commands still owed on it failed."""
+    line.conn.disconnect()
     owed, line.owed = line.owed, []
     if owed:
         failure = exc if isinstance(exc, Exception) else redis.ConnectionError(f"connection closed: {exc!r}")
