@@ -11,13 +11,19 @@ process's alarm thread clears it at the deadline.
 
 A window shorter than :data:`MIN_WINDOW` is not worth a thread's wake-up and
 keeps the clock read. A task that saves once and ends never skips a save, so
-it never arms one: short tasks cost the alarm nothing.
+it never arms one: short tasks cost the alarm nothing. Short tasks that do
+skip one leave an entry whose run has ended; those are dropped, oldest
+first, whenever the alarm is armed or wakes, and arming never wakes the
+thread for a deadline later than the one it already sleeps until. So a
+stream of them costs about one wake-up per window, not one per task, and
+the heap holds the live runs, not every run of the last window.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 import threading
 import time
@@ -40,29 +46,46 @@ class Alarm:
         self._heap: list[tuple[float, int, weakref.ref[Reopenable]]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
+        #: The deadline the thread sleeps until (``inf``: until something is armed).
+        self._waking_at = math.inf
+        #: How many times the thread has woken up.
+        self.wakeups = 0
+
+    @property
+    def pending(self) -> int:
+        """Windows held, including those of ended runs not dropped yet."""
+        return len(self._heap)
 
     def at(self, deadline: float, target: Reopenable) -> None:
         """Call ``target.window_over()`` once ``time.monotonic()`` has reached ``deadline``."""
         with self._cond:
-            earliest = not self._heap or deadline < self._heap[0][0]
+            self._drop_ended()
             heapq.heappush(self._heap, (deadline, next(self._order), weakref.ref(target)))
             if self._thread is None or not self._thread.is_alive():  # first use, or it died
                 self._thread = threading.Thread(target=self._run, name="checkpoint-throttle", daemon=True)
                 self._thread.start()
-            elif earliest:
+            elif deadline < self._waking_at:
                 self._cond.notify()
+
+    def _drop_ended(self) -> None:
+        """Forget the earliest windows while their runs have ended (the target is gone)."""
+        heap = self._heap
+        while heap and heap[0][2]() is None:
+            heapq.heappop(heap)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                delay = self._heap[0][0] - time.monotonic()
+                self._drop_ended()
+                deadline = self._heap[0][0] if self._heap else math.inf
+                delay = deadline - time.monotonic()
                 if delay > 0:
-                    self._cond.wait(delay)
+                    self._waking_at = deadline
+                    self._cond.wait(None if deadline == math.inf else delay)
+                    self.wakeups += 1
                     continue
                 target = heapq.heappop(self._heap)[2]()
-            if target is not None:  # a run that ended is gone, and so is its window
+            if target is not None:
                 target.window_over()
 
     def _forget_after_fork(self) -> None:
@@ -72,6 +95,7 @@ class Alarm:
         held, self._heap = self._heap, []
         self._cond = threading.Condition(threading.Lock())
         self._thread = None
+        self._waking_at = math.inf
         for _, _, ref in held:
             target = ref()
             if target is not None:

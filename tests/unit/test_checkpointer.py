@@ -20,6 +20,8 @@ from celery_checkpoint import (
     CheckpointStoreError,
     DuplicateRun,
 )
+from celery_checkpoint import checkpointer as checkpointer_module
+from celery_checkpoint.alarm import Alarm
 from celery_checkpoint.checkpointer import Checkpointer
 from celery_checkpoint.ownership import Handover
 from celery_checkpoint.record import accepted_content_types, worker_id
@@ -121,6 +123,24 @@ def test_a_forked_child_reopens_the_windows_the_parent_alarm_held(store: Checkpo
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child's saves stayed throttled"
     cp.close()
+
+
+def test_short_runs_that_skipped_a_save_leave_the_alarm_nothing_to_do(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run arms the alarm and ends: their windows are dropped, and the thread does not wake per run."""
+    own = Alarm()  # not the process's: earlier tests leave windows in that one
+    monkeypatch.setattr(checkpointer_module, "alarm", own)
+    for i in range(200):
+        cp = make(store, throttle=0.3, task_id=f"short-{i}")
+        assert cp.save({"i": 1}) and not cp.save({"i": 2})  # the skipped save arms the alarm
+        cp.complete()
+        cp.close()
+        del cp  # the run is over: nothing holds its checkpointer
+    assert own.pending <= 1
+    time.sleep(0.5)  # past every window armed above
+    assert own.pending == 0
+    assert own.wakeups <= 5
 
 
 def test_a_resumed_run_loads_the_last_state_and_takes_over(store: CheckpointStore) -> None:

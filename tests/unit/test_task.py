@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
+import weakref
 from typing import Any
 
 import pytest
@@ -64,6 +66,26 @@ def test_a_terminal_failure_deletes_the_checkpoint() -> None:
     result = work.apply()
     assert result.failed()
     assert open_store(url).get(result.id) is None
+
+
+def test_a_finished_run_is_freed_without_the_cyclic_gc() -> None:
+    """The request, its arguments and the checkpointer go when the run ends, not at some later collection."""
+    app = make_app(checkpoint_store_url=f"memory://{uuid.uuid4().hex}", checkpoint_throttle=0)
+    left: list[weakref.ref[Any]] = []
+
+    @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
+    def work(self: CheckpointTask, payload: str, checkpoint: Any) -> int:
+        checkpoint.save({"n": len(payload)})  # the first save records the call from the request
+        left.extend((weakref.ref(self.request), weakref.ref(checkpoint)))
+        return len(payload)
+
+    gc.collect()
+    gc.disable()
+    try:
+        assert work.apply(("x" * 100_000,)).get() == 100_000
+        assert len(left) == 2 and [ref() for ref in left] == [None, None]
+    finally:
+        gc.enable()
 
 
 def test_no_store_means_a_no_op_checkpointer() -> None:
