@@ -60,10 +60,14 @@ CREATE TABLE IF NOT EXISTS workers (
     expires REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS workers_by_expiry ON workers (expires);
+-- Task ids that finished, kept done_ttl seconds. Every finish deletes the
+-- expired ones; without the index that delete read the whole table, so a
+-- finish cost grew with the tasks finished in the last done_ttl.
 CREATE TABLE IF NOT EXISTS done (
     task_id TEXT PRIMARY KEY,
     expires REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS done_by_expiry ON done (expires);
 """
 
 COLUMNS = (
