@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import redis
 
 from celery_checkpoint.checkpointer import Checkpointer
-from celery_checkpoint.events import send_checkpoint_event
+from celery_checkpoint.events import persist_hook
 from celery_checkpoint.record import accepted_content_types
 from celery_checkpoint.stores.base import CheckpointStore
 
@@ -61,8 +60,8 @@ def checkpointer(store: CheckpointStore, task_id: str, *, throttle: float) -> Ch
     """A checkpointer wired the way ``CheckpointTask`` wires one in a worker.
 
     Same serializer (json), same accept list, and the same ``on_persist``
-    hook: ``send_checkpoint_event`` with events off (no ``-E``), so a
-    persisted save pays for the event check exactly as in production.
+    hook, ``persist_hook`` in a worker without ``-E``, so a persisted save
+    pays for events exactly as in production.
     """
     return Checkpointer(
         task_id=task_id,
@@ -74,5 +73,5 @@ def checkpointer(store: CheckpointStore, task_id: str, *, throttle: float) -> Ch
         accept=accepted_content_types("json"),
         max_state_bytes=8 * 1024 * 1024,
         envelope=lambda: {"args": [], "kwargs": {}, "options": {"task_id": task_id}},
-        on_persist=functools.partial(send_checkpoint_event, None, None),
+        on_persist=persist_hook(None, None),
     )

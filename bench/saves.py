@@ -194,10 +194,15 @@ def sqlite_saves(ctx: Context) -> list[Figure]:
     try:
         for letter, (label, size) in zip("ab", SIZES, strict=True):
             key = f"saves-{size}"
-            # Longer samples: each must include its share of WAL checkpoints (one
-            # per 1,000 pages written by default), or the median would leave out
-            # a cost both sides pay every few hundred writes.
-            loops = 200 if size > 4096 else 1500
+            # 1,000 calls a sample: each sample must hold the same number of WAL
+            # checkpoints on both sides. SQLite checkpoints (and fsyncs) once
+            # per 1,000 pages written, and a 1 KB save writes one page on
+            # either side, so any 1,000 saves in a row hold exactly one. With
+            # 1,500 a sample held one or two, the samples of each side fell
+            # into two groups ~25 % apart, and a median of 15 could land in
+            # either: 1 KB came out between 1.36x and 1.63x from run to run.
+            # (A 64 KB save writes 17 pages: 1,000 hold 16 or 17.)
+            loops = 1000
             samples = measure(
                 ctx,
                 store,

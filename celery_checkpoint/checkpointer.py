@@ -224,7 +224,8 @@ class Checkpointer:
                 state, self.serializer, what="state", task_id=self.task_id, limit=self.max_state_bytes
             )
             try:
-                self._begin()
+                if not self._begun:
+                    self._begin()
                 saves = self._write(encoded, progress, time.time())
             except CheckpointStoreError:
                 if self.on_store_error == "warn":

@@ -8,7 +8,9 @@ task; :mod:`celery_checkpoint.flower` makes Flower render them.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .runtime import identity
@@ -26,9 +28,18 @@ def events_wanted(setting: bool | None) -> bool:
     return identity.task_events if setting is None else setting
 
 
-def send_checkpoint_event(task: Any, setting: bool | None, handle: Checkpointer) -> None:
+def persist_hook(task: Any, setting: bool | None) -> Callable[[Checkpointer], None] | None:
+    """What a run calls after each persisted save: the event, or ``None`` when none is wanted.
+
+    Decided when the run starts, from the worker's ``-E`` as it was when the
+    worker started, so a run that sends no events makes no call per save.
+    """
     if not events_wanted(setting):
-        return
+        return None
+    return functools.partial(send_checkpoint_event, task)
+
+
+def send_checkpoint_event(task: Any, handle: Checkpointer) -> None:
     try:
         task.send_event(EVENT_TYPE, retry=False, **handle.metadata())
     except Exception:  # monitoring must never fail a task

@@ -25,7 +25,7 @@ from .checkpointer import Checkpointer, NullCheckpointer
 from .config import CheckpointConfig
 from .envelope import FRESH_HEADER, envelope_from_request
 from .errors import CheckpointError, CheckpointStoreError, DuplicateRun
-from .events import send_checkpoint_event
+from .events import persist_hook
 from .ownership import Handover
 from .record import accepted_content_types, warn_if_unsafe
 from .runtime import current_worker_id
@@ -228,7 +228,7 @@ class CheckpointTask(Task):  # type: ignore[misc]
             max_state_bytes=config.max_state_bytes,
             on_store_error=config.on_store_error,
             envelope=_call_recorder(self, request),
-            on_persist=functools.partial(send_checkpoint_event, self, config.events),
+            on_persist=persist_hook(self, config.events),
             handed=Handover.from_header(getattr(request, FENCE_HEADER, None)),
             unseen=bool(getattr(request, FRESH_HEADER, False)) and not _suspect_delivery(request),
         )

@@ -276,29 +276,25 @@ class SQLiteStore:
         No generator context manager either (~1 us): a plain ``try`` and the
         lock, which the in-memory store needs for its one shared connection.
         """
-        known = self._saves.get(task_id)
+        known_saves = self._saves
+        known = known_saves.get(task_id)
+        payload, ctype, cenc = state
         try:
             with self._lock:
                 conn = self._connection()
-                params = (
-                    state.payload,
-                    state.content_type,
-                    state.content_encoding,
-                    progress,
-                    saved_at,
-                    task_id,
-                    fence,
-                )
-                if known is not None and conn.execute(UPDATE_KNOWN, (*params, known)).rowcount == 1:
-                    saves = known + 1
-                else:
-                    row = conn.execute(UPDATE_RETURNING, params).fetchone()
-                    if row is None:
-                        self._saves.pop(task_id, None)
-                        return None
-                    saves = int(row[0])
+                if known is not None:
+                    known_params = (payload, ctype, cenc, progress, saved_at, task_id, fence, known)
+                    if conn.execute(UPDATE_KNOWN, known_params).rowcount == 1:
+                        known_saves[task_id] = known + 1  # a known key: the bound holds
+                        return known + 1
+                params = (payload, ctype, cenc, progress, saved_at, task_id, fence)
+                row = conn.execute(UPDATE_RETURNING, params).fetchone()
         except sqlite3.Error as exc:
             raise self._failure("save", task_id, exc) from exc
+        if row is None:
+            known_saves.pop(task_id, None)
+            return None
+        saves = int(row[0])
         self._know_saves(task_id, saves)
         return saves
 
