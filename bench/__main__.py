@@ -30,7 +30,7 @@ from pathlib import Path
 
 import redis
 
-from . import longloop, micro, saves, scan, throughput
+from . import longloop, micro, saves, scan, soak, throughput
 from .common import ROOT, Context
 from .redis_server import PrivateRedis
 from .report import Figure, markdown_table, spreads_markdown, text_table
@@ -42,6 +42,7 @@ GROUPS: dict[str, tuple[str, Callable[[Context], list[Figure]]]] = {
     "throughput": ("figures 4, 5: worker throughput", throughput.run),
     "long": ("figure 6: long task", longloop.run),
     "scan": ("figure 7: resume scan", scan.run),
+    "soak": ("figure 8: steady state over 60,000 tasks", soak.run),
 }
 
 

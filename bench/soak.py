@@ -1,0 +1,129 @@
+"""Figure 8 (ours, not the issue's): the per-task cost stays flat as a worker runs.
+
+A cost that grows with the tasks a process has run does not show in a
+benchmark of a few thousand tasks, and shows in production after hours: the
+SQLite store once purged expired done markers with a scan of all of them on
+every finish, so by 24,000 tasks a finish cost five times what it cost at
+the start. This runs the figure-5 task (load, save once, complete) 60,000
+times in one process, through Celery's own tracer exactly as a pool process
+runs it (no worker and no broker: only the task, its checkpointer and the
+store), and compares the CPU time per task of the last 10,000 with that of
+the first 10,000. Each store keeps everything it writes (done markers
+included) for the whole run, as it would for a day's tasks.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import uuid
+from typing import Any
+
+from celery.app.trace import build_tracer
+
+from celery_checkpoint.envelope import FRESH_HEADER
+
+from .apps import CHECKPOINT_SAVE, make_app
+from .common import Context
+from .report import Figure, median
+
+BLOCK = 5_000
+BLOCKS = 12  # the first two and the last two are compared: 10,000 tasks each
+
+
+def request_for(task_id: str, queue: str) -> dict[str, Any]:
+    """The request a pool process gets for a fresh ``apply_async()`` (what the worker passes on)."""
+    return {
+        "lang": "py",
+        "task": CHECKPOINT_SAVE,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "argsrepr": "()",
+        "kwargsrepr": "{}",
+        "origin": "bench@localhost",
+        "ignore_result": True,
+        FRESH_HEADER: True,
+        "headers": {FRESH_HEADER: True},
+        "reply_to": "bench-reply",
+        "correlation_id": task_id,
+        "hostname": "bench@localhost",
+        "delivery_info": {"exchange": "", "routing_key": queue, "priority": 0, "redelivered": False},
+        "args": [],
+        "kwargs": {},
+        "is_eager": False,
+    }
+
+
+def cpu_per_task_us(store_url: str, ctx: Context, blocks: int, block: int) -> tuple[list[float], float]:
+    """CPU microseconds per task of each block, and the RSS growth (MB) over the run."""
+    queue = f"soak-{uuid.uuid4().hex[:6]}"
+    app = make_app(
+        ctx.redis_url,
+        keyprefix=f"{ctx.namespace}:soak:",
+        queue=queue,
+        checkpoint=True,
+        store_url=store_url,
+        store_prefix=f"{ctx.namespace}:soak:",
+    )
+    app.finalize()
+    task = app.tasks[CHECKPOINT_SAVE]
+    trace = build_tracer(CHECKPOINT_SAVE, task, app=app, eager=False, propagate=False)
+    per_block: list[float] = []
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        for _ in range(blocks):
+            ids = [str(uuid.uuid4()) for _ in range(block)]
+            start = time.process_time()
+            for task_id in ids:
+                outcome = trace(task_id, [], {}, request_for(task_id, queue))
+                if outcome.info is not None:  # the tracer's ExceptionInfo for a failed run
+                    raise RuntimeError(f"the soak task failed: {outcome.info!r}")
+            per_block.append((time.process_time() - start) / block * 1e6)
+    finally:
+        store = task.checkpoint_store()
+        if store is not None:
+            store.close()
+        app.close()
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_start) / 1024
+    return per_block, grown
+
+
+def soak(ctx: Context) -> list[Figure]:
+    blocks, block = (2, 100) if ctx.quick else (BLOCKS, BLOCK)
+    stores = (
+        ("8a", "SQLite", f"sqlite:///{ctx.workdir / 'soak.db'}"),
+        ("8b", "Redis", ctx.redis_url),
+    )
+    figures = []
+    for key, label, url in stores:
+        per_block, grown = cpu_per_task_us(url, ctx, blocks, block)
+        first, last = per_block[:2], per_block[-2:]
+        figures.append(
+            Figure(
+                key=key,
+                name=f"steady state, {label} store: CPU per task, last 10,000 of 60,000 vs first 10,000",
+                unit="us",
+                ours=median(last),
+                baseline=median(first),
+                check="ratio<=",
+                limit=1.2,
+                ours_samples=last,
+                baseline_samples=first,
+                info=(
+                    f"{blocks} blocks of {block} tasks in one process through Celery's tracer; "
+                    f"per block (us/task): {', '.join(f'{v:.0f}' for v in per_block)}; "
+                    f"peak RSS grew {grown:.1f} MB"
+                ),
+            )
+        )
+        ctx.log(f"   {label}: {per_block[0]:.0f} -> {per_block[-1]:.0f} us/task")
+    return figures
+
+
+def run(ctx: Context) -> list[Figure]:
+    ctx.log("8: steady state over 60,000 tasks (in-process, Celery's tracer)")
+    return soak(ctx)
