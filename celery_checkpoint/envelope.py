@@ -15,6 +15,11 @@ from .record import ResumeEnvelope
 #: Header of a call whose id ``CheckpointTask.apply_async`` minted (its first
 #: delivery skips reading the checkpoint); never recorded, so a resumed call reads it.
 FRESH_HEADER = "checkpoint_fresh"
+#: Header by which a run hands its checkpoint to the run it sent (``self.retry``);
+#: meant for that one delivery, so never recorded either.
+FENCE_HEADER = "checkpoint_fence"
+#: Headers about one delivery that a resumed call must not inherit.
+_NOT_RECORDED = (FRESH_HEADER, FENCE_HEADER)
 #: Delivery details that describe the old delivery, not where to send the new one.
 _DELIVERY_ONLY = ("redelivered", "is_eager")
 
@@ -26,8 +31,8 @@ def envelope_from_request(task: Any, request: Any) -> dict[str, Any]:
     options = {k: v for k, v in signature.options.items() if v is not None and k not in _DELIVERY_ONLY}
     options["task_id"] = request.id
     headers = options.get("headers")
-    if headers and FRESH_HEADER in headers:
-        options["headers"] = {k: v for k, v in headers.items() if k != FRESH_HEADER}
+    if headers and any(name in headers for name in _NOT_RECORDED):
+        options["headers"] = {k: v for k, v in headers.items() if k not in _NOT_RECORDED}
     return {"args": args, "kwargs": kwargs, "options": options}
 
 

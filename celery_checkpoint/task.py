@@ -23,7 +23,7 @@ from celery.worker.request import Request
 
 from .checkpointer import Checkpointer, NullCheckpointer
 from .config import CheckpointConfig
-from .envelope import FRESH_HEADER, envelope_from_request
+from .envelope import FENCE_HEADER, FRESH_HEADER, envelope_from_request
 from .errors import CheckpointError, CheckpointStoreError, DuplicateRun
 from .events import persist_hook
 from .ownership import Handover
@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: The keyword argument a task body receives its checkpointer by.
 CHECKPOINT_ARG = "checkpoint"
-#: Message header by which a run hands its checkpoint to the run it sent (retry).
-FENCE_HEADER = "checkpoint_fence"
 
 AnyCheckpointer = Checkpointer | NullCheckpointer
 

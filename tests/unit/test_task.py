@@ -12,7 +12,7 @@ from celery import Celery
 from celery.app.task import Context
 
 from celery_checkpoint import CheckpointTask, NullCheckpointer
-from celery_checkpoint.envelope import FRESH_HEADER, envelope_from_request
+from celery_checkpoint.envelope import FENCE_HEADER, FRESH_HEADER, envelope_from_request
 from celery_checkpoint.stores import open_store
 
 
@@ -176,8 +176,8 @@ def test_only_a_call_whose_id_apply_async_minted_is_marked_never_seen() -> None:
     assert second.headers["id"] == "my-own-id" and FRESH_HEADER not in second.headers
 
 
-def test_the_recorded_call_never_carries_the_never_seen_mark() -> None:
-    """A resumed call is sent from the recorded call: it must read its checkpoint."""
+def test_the_recorded_call_never_carries_the_never_seen_mark_nor_a_handover() -> None:
+    """A resumed call is sent from the recorded call: it must read its checkpoint, as itself."""
     app = make_app()
 
     @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
@@ -187,7 +187,7 @@ def test_the_recorded_call_never_carries_the_never_seen_mark() -> None:
         id="t1",
         args=[1],
         kwargs={},
-        headers={FRESH_HEADER: True, "tenant": "a"},
+        headers={FRESH_HEADER: True, FENCE_HEADER: [2, "w1@h|a", 123], "tenant": "a"},
         delivery_info={"exchange": "", "routing_key": "celery"},
     )
     recorded = envelope_from_request(work, request)
