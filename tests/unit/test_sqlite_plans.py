@@ -25,7 +25,7 @@ def table_scans(conn: sqlite3.Connection, statement: str) -> list[str]:
     return [row[-1] for row in plan if str(row[-1]).startswith("SCAN ")]
 
 
-def test_a_runs_statements_never_scan_a_table(tmp_path: Path) -> None:
+def test_a_runs_statements_and_the_sweeps_never_scan_a_table(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "checkpoints.db"))
     store.register(OWNER, 30.0)  # once per worker start, on a table of workers
     conn = store._connection()
@@ -43,6 +43,10 @@ def test_a_runs_statements_never_scan_a_table(tmp_path: Path) -> None:
                 assert store.park(task_id, 1, OWNER, Status.WAITING)
                 assert store.takeover(task_id, 2, "", OWNER, 1) is not None
         store.heartbeat(OWNER, 30.0)
+        # The steward's sweep and the resume scan, each run over every checkpoint.
+        assert store.held_by(OWNER) == ["t-retried"]
+        assert store.interrupted() == []
+        assert store.claim("t-retried", OWNER, OWNER, max_resumes=5).record is not None
     finally:
         conn.set_trace_callback(None)
     verbs = ("SELECT", "UPDATE", "DELETE")
