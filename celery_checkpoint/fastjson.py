@@ -47,32 +47,41 @@ def _refuse(value: Any) -> Any:
 #: Nodes :func:`dumps` inspects before it lets a scan of the output decide.
 WALK_BUDGET = 32
 
-_CLEAN_LEAVES = (str, int, bool, type(None))
+_CLEAN_LEAVES = frozenset((str, int, bool, type(None)))
 
 
 def _walk(value: Any) -> bool | None:
-    """True when ``value`` holds a NaN, an infinity or a UUID; None when too big to tell."""
+    """True when ``value`` holds a NaN, an infinity or a UUID; None when too big to tell.
+
+    Clean leaves are skipped where their container is read, never stacked:
+    a state's usual shape (a dict of strings and numbers) costs one pass.
+    """
+    clean = _CLEAN_LEAVES
+    if type(value) in clean:
+        return False
     stack = [value]
     budget = WALK_BUDGET
     while stack:
         node = stack.pop()
         kind = type(node)
-        if kind in _CLEAN_LEAVES:
-            continue
-        if kind is float:
+        if kind is dict:
+            items: Any = node.values()
+        elif kind is list or kind is tuple:
+            items = node
+        elif kind is float:
             if not math.isfinite(node):
                 return True
             continue
-        if kind is dict or kind is list or kind is tuple:
-            items = node.values() if kind is dict else node
-            budget -= len(items)
-            if budget < 0:
-                return None
-            stack.extend(items)
-            continue
-        if isinstance(node, uuid.UUID):
+        elif isinstance(node, uuid.UUID):
             return True
-        return None  # something else orjson might write by itself (an Enum, say): scan
+        else:
+            return None  # something else orjson might write by itself (an Enum, say): scan
+        budget -= len(items)
+        if budget < 0:
+            return None
+        for item in items:
+            if type(item) not in clean:
+                stack.append(item)
     return False
 
 

@@ -12,7 +12,7 @@ import enum
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError
 from kombu.serialization import dumps, loads, prepare_accept_content
@@ -142,7 +142,10 @@ def encode(value: Any, serializer: str, *, what: str, task_id: str, limit: int) 
     if serializer == JSON:
         fast = fastjson.dumps(value)
         if fast is not None:
-            return _sized(EncodedState(fast, JSON_CONTENT_TYPE, "utf-8"), what, task_id, limit)
+            if len(fast) > limit:
+                _too_large(len(fast), what, task_id, limit)
+            # The named tuple's own constructor is a Python call (~0.1 us more a save).
+            return _new_tuple(EncodedState, (fast, JSON_CONTENT_TYPE, "utf-8"))
     try:
         content_type, content_encoding, payload = dumps(value, serializer=serializer)
     except (EncodeError, TypeError, ValueError) as exc:
@@ -155,14 +158,20 @@ def encode(value: Any, serializer: str, *, what: str, task_id: str, limit: int) 
     return _sized(EncodedState(data, content_type, content_encoding), what, task_id, limit)
 
 
+_new_tuple = tuple.__new__
+
+
 def _sized(encoded: EncodedState, what: str, task_id: str, limit: int) -> EncodedState:
-    size = len(encoded.payload)
-    if size > limit:
-        raise CheckpointStateTooLarge(
-            f"task {task_id}: the checkpoint {what} is {size} bytes, over "
-            f"checkpoint_max_state_bytes={limit}; nothing was saved"
-        )
+    if len(encoded.payload) > limit:
+        _too_large(len(encoded.payload), what, task_id, limit)
     return encoded
+
+
+def _too_large(size: int, what: str, task_id: str, limit: int) -> NoReturn:
+    raise CheckpointStateTooLarge(
+        f"task {task_id}: the checkpoint {what} is {size} bytes, over "
+        f"checkpoint_max_state_bytes={limit}; nothing was saved"
+    )
 
 
 def decode(encoded: EncodedState, accept: frozenset[str], *, task_id: str) -> Any:

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import uuid
 
+from ..record import EncodedState
 from .sqlite import SQLiteStore
 
 
@@ -28,6 +29,12 @@ class MemoryStore(SQLiteStore):
 
     def _connection(self) -> sqlite3.Connection:
         return self._conn
+
+    def update(
+        self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float
+    ) -> int | None:
+        with self._lock:  # the file store's update takes none: its threads have their own connections
+            return super().update(task_id, fence, state, progress, saved_at)
 
     def close(self) -> None:
         self._conn.close()

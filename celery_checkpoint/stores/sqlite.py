@@ -273,22 +273,22 @@ class SQLiteStore:
         connection saved, or fenced out), ``RETURNING`` decides: two statements,
         but only on a first save in a process or a lost run.
 
-        No generator context manager either (~1 us): a plain ``try`` and the
-        lock, which the in-memory store needs for its one shared connection.
+        No generator context manager either (~1 us), and no lock: each thread
+        has its own connection (the in-memory store, whose one connection
+        every thread shares, takes its lock around this call).
         """
         known_saves = self._saves
         known = known_saves.get(task_id)
         payload, ctype, cenc = state
         try:
-            with self._lock:
-                conn = self._connection()
-                if known is not None:
-                    known_params = (payload, ctype, cenc, progress, saved_at, task_id, fence, known)
-                    if conn.execute(UPDATE_KNOWN, known_params).rowcount == 1:
-                        known_saves[task_id] = known + 1  # a known key: the bound holds
-                        return known + 1
-                params = (payload, ctype, cenc, progress, saved_at, task_id, fence)
-                row = conn.execute(UPDATE_RETURNING, params).fetchone()
+            conn = self._connection()
+            if known is not None:
+                known_params = (payload, ctype, cenc, progress, saved_at, task_id, fence, known)
+                if conn.execute(UPDATE_KNOWN, known_params).rowcount == 1:
+                    known_saves[task_id] = known + 1  # a known key: the bound holds
+                    return known + 1
+            params = (payload, ctype, cenc, progress, saved_at, task_id, fence)
+            row = conn.execute(UPDATE_RETURNING, params).fetchone()
         except sqlite3.Error as exc:
             raise self._failure("save", task_id, exc) from exc
         if row is None:
