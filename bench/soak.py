@@ -28,7 +28,8 @@ from .common import Context
 from .report import Figure, median
 
 BLOCK = 5_000
-BLOCKS = 12  # the first two and the last two are compared: 10,000 tasks each
+BLOCKS = 12
+COMPARED = 2  # blocks at each end: the first 10,000 tasks against the last 10,000
 
 
 def request_for(task_id: str, queue: str) -> dict[str, Any]:
@@ -101,11 +102,13 @@ def soak(ctx: Context) -> list[Figure]:
     figures = []
     for key, label, url in stores:
         per_block, grown = cpu_per_task_us(url, ctx, blocks, block)
-        first, last = per_block[:2], per_block[-2:]
+        first, last = per_block[:COMPARED], per_block[-COMPARED:]
+        ends, total = COMPARED * block, blocks * block
+        compared = f"last {ends:,} of {total:,} vs first {ends:,}"
         figures.append(
             Figure(
                 key=key,
-                name=f"steady state, {label} store: CPU per task, last 10,000 of 60,000 vs first 10,000",
+                name=f"steady state, {label} store: CPU per task, {compared}",
                 unit="us",
                 ours=median(last),
                 baseline=median(first),
@@ -125,5 +128,5 @@ def soak(ctx: Context) -> list[Figure]:
 
 
 def run(ctx: Context) -> list[Figure]:
-    ctx.log("8: steady state over 60,000 tasks (in-process, Celery's tracer)")
+    ctx.log(f"8: steady state over {BLOCKS * BLOCK:,} tasks (in-process, Celery's tracer)")
     return soak(ctx)
