@@ -53,6 +53,7 @@ def populate(store: RedisStore, owner: str, count: int, tag: str) -> list[str]:
                 store.owners_key,
                 store.save_key(task_id, 1),
                 store.done_key(task_id),
+                store.call_key(task_id),
             ],
             args=[
                 task_id,

@@ -7,10 +7,16 @@ the prefix in ARGV): on Redis Cluster the store needs a key prefix with a hash
 tag, e.g. ``{checkpoint}:``, which puts every key of the store in one slot.
 
 Record hash (``task:<id>``) fields: name status owner pid fence resumes
-created_at env ectype ecenc parked_at: what changes only when a run starts,
-stops or changes hands. The last save lives in a hash of its own named after
-the fence of the run that owns the record (``save:<id>:<fence>``): state
-ctype cenc progress saved_at saves. A save writes it with plain commands and
+created_at ectype ecenc parked_at: what changes only when a run starts,
+stops or changes hands. The recorded call (the envelope a resume sends) is a
+string of its own (``call:<id>``): it is the one long value of a record, and
+a hash holding a value longer than ``hash-max-listpack-value`` (64 bytes by
+default) is kept as a hash table, ~20 allocations to build and as many to
+free on every task instead of one listpack (figure 5 gained ~2.5 % when the
+call moved out; BENCHMARKS.md). Records written before that keep ``env`` in
+the hash, and readers take either. The last save lives in a hash of its own
+named after the fence of the run that owns the record
+(``save:<id>:<fence>``): state ctype cenc progress saved_at saves. A save writes it with plain commands and
 no script (see ``RedisStore.update``): a value passed to a script is copied
 into the Lua VM and out again, ~1.5 ns per byte (~100 us for 64 KB against
 ~2 us for a plain write), and a script call costs ~10 us of server time
@@ -29,13 +35,18 @@ local function alive(workers, owner)
 end
 """
 
-# with_save: the record's and its save's fields, flat, appended to ``out``
-# (a missing save leaves its fields out, which the reader reports).
+# with_save: the record's and its save's fields and its call ('env'), flat,
+# appended to ``out`` (a missing save leaves its fields out, which the reader reports).
 # move_save: carry the save hash from one fence to the next.
 SAVES = """
-local function with_save(record, save, out)
+local function with_save(record, save, call, out)
   for _, v in ipairs(redis.call('HGETALL', record)) do out[#out + 1] = v end
   for _, v in ipairs(redis.call('HGETALL', save)) do out[#out + 1] = v end
+  local env = redis.call('GET', call)
+  if env then
+    out[#out + 1] = 'env'
+    out[#out + 1] = env
+  end
   return out
 end
 local function move_save(from, to)
@@ -59,7 +70,7 @@ return {1, h[1], h[2], h[3], h[4], alive(KEYS[3], h[2]) and 1 or 0}
 
 # KEYS[1] record, KEYS[2] old owner's set, KEYS[3] new owner's set,
 # KEYS[4] released set, KEYS[5] owners set,
-# KEYS[6] save at the expected fence, KEYS[7] save at the next one
+# KEYS[6] save at the expected fence, KEYS[7] save at the next one, KEYS[8] call
 # ARGV[1] task id, ARGV[2] expected fence, ARGV[3] new owner, ARGV[4] pid
 # -> the record and its save (see SAVES), or false when the fence moved
 TAKEOVER = (
@@ -73,12 +84,12 @@ redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'pid', ARGV[4], 'status', 'running')
 move_save(KEYS[6], KEYS[7])
-return with_save(KEYS[1], KEYS[7], {})
+return with_save(KEYS[1], KEYS[7], KEYS[8], {})
 """
 )
 
 # KEYS[1] record, KEYS[2] owner's set, KEYS[3] owners set, KEYS[4] save at fence 1,
-# KEYS[5] done marker
+# KEYS[5] done marker, KEYS[6] call
 # ARGV[1] task id, ARGV[2] owner, ARGV[3] pid, ARGV[4] task name,
 # ARGV[5..7] state/ctype/cenc, ARGV[8..10] envelope/ectype/ecenc,
 # ARGV[11] progress ('' for none), ARGV[12] saved_at
@@ -89,8 +100,8 @@ CREATE = """
 if redis.call('EXISTS', KEYS[1], KEYS[5]) > 0 then return 0 end
 redis.call('HSET', KEYS[1],
   'name', ARGV[4], 'status', 'running', 'owner', ARGV[2], 'pid', ARGV[3],
-  'fence', '1', 'resumes', '0', 'created_at', ARGV[12],
-  'env', ARGV[8], 'ectype', ARGV[9], 'ecenc', ARGV[10])
+  'fence', '1', 'resumes', '0', 'created_at', ARGV[12], 'ectype', ARGV[9], 'ecenc', ARGV[10])
+redis.call('SET', KEYS[6], ARGV[8])
 redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[4], 'state', ARGV[5], 'ctype', ARGV[6], 'cenc', ARGV[7],
   'progress', ARGV[11], 'saved_at', ARGV[12], 'saves', '1')
@@ -100,7 +111,7 @@ return 1
 """
 
 # KEYS[1] record, KEYS[2] owner's set, KEYS[3] done marker, KEYS[4] released set,
-# KEYS[5] save at the fence
+# KEYS[5] save at the fence, KEYS[6] call
 # ARGV[1] task id, ARGV[2] fence, ARGV[3] done marker TTL in ms
 # -> 1 when deleted, 0 when fenced out
 # The done marker is written first: on a full server (maxmemory) that write
@@ -108,7 +119,7 @@ return 1
 FINISH = """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
-redis.call('DEL', KEYS[1], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
 return 1
@@ -167,7 +178,7 @@ return out
 )
 
 # KEYS[1] record, KEYS[2] expected owner's set, KEYS[3] claimer's set,
-# KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash
+# KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash, KEYS[7] call
 # ARGV[1] task id, ARGV[2] expected owner, ARGV[3] claimer, ARGV[4] max resumes,
 # ARGV[5] released grace in ms, ARGV[6] queued grace in ms ('' = never): how long
 # after it was parked an unowned released / queued record becomes claimable,
@@ -195,7 +206,7 @@ if h[1] == 'queued' and h[2] == '' then
   redis.call('SADD', KEYS[3], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[3])
   move_save(save_now, save_next)
-  return with_save(KEYS[1], save_next, {1})
+  return with_save(KEYS[1], save_next, KEYS[7], {1})
 end
 local claimable = false
 if h[1] == 'released' then
@@ -219,7 +230,7 @@ else
   redis.call('SADD', KEYS[3], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[3])
 end
-return with_save(KEYS[1], save_next, {outcome})
+return with_save(KEYS[1], save_next, KEYS[7], {outcome})
 """
 )
 
@@ -236,20 +247,20 @@ return 1
 """
 )
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set, KEYS[4] call
 # ARGV[1] task id, ARGV[2] owner the caller read, ARGV[3] save hash name without fence
 # -> 1 deleted, 0 absent, -1 the owner changed (read again)
 DELETE = """
 local h = redis.call('HMGET', KEYS[1], 'owner', 'fence')
 if not h[1] then return 0 end
 if h[1] ~= ARGV[2] then return -1 end
-redis.call('DEL', KEYS[1], ARGV[3] .. (h[2] or ''))
+redis.call('DEL', KEYS[1], ARGV[3] .. (h[2] or ''), KEYS[4])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS[1] record
+# KEYS[1] record, KEYS[2] call
 # ARGV[1] the record's save hash name without its fence ('<prefix>save:<id>:')
 # -> the record and its save (see SAVES), empty when there is no record
 READ = (
@@ -257,6 +268,6 @@ READ = (
     + """
 local fence = redis.call('HGET', KEYS[1], 'fence')
 if not fence then return redis.call('HGETALL', KEYS[1]) end
-return with_save(KEYS[1], ARGV[1] .. fence, {})
+return with_save(KEYS[1], ARGV[1] .. fence, KEYS[2], {})
 """
 )

@@ -86,8 +86,11 @@ class Wire:
         limit fires during ``recv``) is closed, so no connection is ever
         given back out of step.
         """
-        payload = [pack(commands)]
-        count = len(commands)
+        return self.exchange_packed(pack(commands), len(commands))
+
+    def exchange_packed(self, packed: bytes, count: int) -> list[Any]:
+        """:meth:`exchange` for ``count`` commands already in the Redis protocol."""
+        payload = [packed]
         line = self._take()
         try:
             try:
@@ -112,7 +115,11 @@ class Wire:
         replies were read) is passed to ``on_failure``, in whichever thread
         reads the replies; ``on_failure`` must not block.
         """
-        payload = [pack(commands)]
+        self.send_packed(pack(commands), len(commands), on_failure)
+
+    def send_packed(self, packed: bytes, count: int, on_failure: OnFailure) -> None:
+        """:meth:`send` for ``count`` commands already in the Redis protocol."""
+        payload = [packed]
         line = self._take()
         conn = line.conn
         try:
@@ -124,7 +131,7 @@ class Wire:
         except BaseException as exc:
             _lose(line, exc)
             raise
-        line.owed.append((len(commands), on_failure))
+        line.owed.append((count, on_failure))
         line.sent_at = _monotonic()
         self._idle.append(line)
         if self._collector is None:
@@ -268,6 +275,48 @@ def pack(commands: tuple[tuple[Any, ...], ...]) -> bytes:
 
 #: Arguments shorter than this are framed in one formatting step (one piece each).
 _INLINE = 4096
+
+
+def frame(arg: bytes | str | int) -> bytes:
+    """One argument in the Redis protocol, as :func:`pack` frames it."""
+    data = arg if type(arg) is bytes else str(arg).encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def add_frame(parts: list[bytes], data: bytes) -> None:
+    """Frame ``data`` onto ``parts``; a large value is not copied until the final join."""
+    size = len(data)
+    if size < _INLINE:
+        parts.append(b"$%d\r\n%b\r\n" % (size, data))
+    else:
+        parts += (b"$%d\r\n" % size, data, b"\r\n")
+
+
+class Frames:
+    """Framed arguments that recur from call to call (owners, names, content types), kept.
+
+    Framing an argument costs ~0.15 us, and most arguments of the commands
+    every checkpointed task sends are the same from task to task. The cache
+    is cleared when it reaches ``limit`` entries, so arguments that do not
+    recur cannot grow it without bound.
+    """
+
+    def __init__(self, limit: int = 512) -> None:
+        self._frames: dict[str, bytes] = {}
+        self._limit = limit
+
+    def __call__(self, arg: str) -> bytes:
+        framed = self._frames.get(arg)
+        if framed is None:
+            if len(self._frames) >= self._limit:
+                self._frames.clear()
+            framed = self._frames[arg] = frame(arg)
+        return framed
+
+
+def command_head(count: int, *leading: str | int) -> bytes:
+    """The start of a command of ``count`` arguments whose first ones are ``leading``."""
+    return b"*%d\r\n" % count + b"".join(frame(arg) for arg in leading)
 
 
 def _after_fork_in_child() -> None:
