@@ -260,7 +260,13 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
         claim = store.claim(request.id, me, me, task.checkpoint_config.max_resumes)
         if claim.outcome is ClaimOutcome.POISONED and claim.record is not None:
             mark_poisoned(task, claim.record)
-        elif claim.outcome is ClaimOutcome.CLAIMED:
+        elif claim.outcome is ClaimOutcome.CLAIMED and claim.record is not None:
+            # Queued with no owner, as the resume scan leaves what it sends:
+            # the requeued message takes it over; if none comes (the broker
+            # had already handed this message out again, as a duplicate that
+            # was dropped while this run was alive), the scan sends the task
+            # again after checkpoint_requeue_after.
+            store.park(request.id, claim.record.fence, me, Status.QUEUED)
             logger.warning("task %s: its process was lost; it resumes from its checkpoint", request.id)
     elif not worker_state.should_terminate:
         store.delete(request.id)  # a terminal failure stored by Celery

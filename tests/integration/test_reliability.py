@@ -49,6 +49,29 @@ def test_a_redelivery_while_the_run_is_alive_is_dropped(tmp_path) -> None:
         assert f"task {result.id}: another run of this task id is alive; dropping this delivery" in logs
 
 
+def test_a_run_whose_duplicate_was_dropped_and_whose_process_then_died_still_finishes(tmp_path) -> None:
+    # Found by the chaos test. The run outlives the visibility timeout, so the
+    # broker hands its message out again (w2 restores it at start); w2 drops
+    # that copy as a duplicate of the live run, which acknowledges it. Then
+    # the run's pool process dies: w1 claims the checkpoint and Celery
+    # requeues the message, but the broker no longer holds it. The scan must
+    # send the task again once checkpoint_requeue_after has passed.
+    with cluster(tmp_path, visibility_timeout="2", requeue_after="2", sweep_interval="0.5") as c:
+        app = connect(c)
+        w1 = c.worker("w1").wait_ready()
+        result = app.delay("count_to", 300, 0.05)
+        wait_for(lambda: saved_at_least(c, result.id, 60), 30, "the run is past the visibility timeout")
+        w2 = c.worker("w2").wait_ready()
+        dropped = f"task {result.id}: another run of this task id is alive; dropping this delivery"
+        wait_for(lambda: dropped in w1.output() + w2.output(), 20, "the duplicate dropped")
+        os.kill(starts(c, result.id)[0]["pid"], signal.SIGKILL)
+        assert result.get(timeout=60) == TOTAL(300)
+        runs = starts(c, result.id)
+        assert len(runs) == 2, "the lost run, then one resume"
+        assert runs[1]["resume_count"] == 1 and runs[1]["i"] >= 60, "resumed from the checkpoint"
+        assert not w1.exited() and not w2.exited()
+
+
 def _finished_then_sent_again(c: Cluster, **options: Any) -> tuple[Client, Worker, AsyncResult]:
     """A short call that succeeded, then a second message with its task id."""
     app = connect(c)
