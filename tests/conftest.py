@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from celery_checkpoint.stores import create_store
+from celery_checkpoint.stores.redis import RedisStore
 from tests.harness import RedisServer
+
+#: The database of the private redis-server that Redis-store unit tests use.
+REDIS_STORE_DB = 5
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +24,20 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_store(private_redis: RedisServer) -> Iterator[RedisStore]:
+    """A Redis store on the private server, under a key prefix of its own."""
+    store = create_store(f"{private_redis.url}/{REDIS_STORE_DB}", prefix=f"t{uuid.uuid4().hex[:8]}:")
+    assert isinstance(store, RedisStore)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def redis_admin(private_redis: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client on the same database, to look at (or break) what the store wrote."""
+    client = redis.Redis.from_url(f"{private_redis.url}/{REDIS_STORE_DB}")
+    yield client
+    client.close()

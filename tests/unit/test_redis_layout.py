@@ -10,35 +10,15 @@ resumes and is deleted whole.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from celery_checkpoint.record import EncodedState, NewCheckpoint
-from celery_checkpoint.stores import create_store
 from celery_checkpoint.stores.base import ClaimOutcome
 from celery_checkpoint.stores.redis import RedisStore
-from tests.harness import RedisServer
 
 OWNER = "w1@host|layout"
 CALL = b'{"args": [1, 2], "kwargs": {"path": "/data/rows.csv"}, "options": {"task_id": "%s", "queue": "q"}}'
-
-
-@pytest.fixture
-def store(private_redis: RedisServer) -> Iterator[RedisStore]:
-    s = create_store(f"{private_redis.url}/6", prefix=f"ly{uuid.uuid4().hex[:8]}:")
-    assert isinstance(s, RedisStore)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def admin(private_redis: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(f"{private_redis.url}/6")
-    yield client
-    client.close()
 
 
 def _new(task_id: str) -> NewCheckpoint:
@@ -47,33 +27,39 @@ def _new(task_id: str) -> NewCheckpoint:
     return NewCheckpoint("proj.tasks.import_rows", OWNER, 4242, state, call, 0.5, time.time())
 
 
-def test_the_record_hash_stays_compact_and_the_call_reads_back(store: RedisStore, admin: redis.Redis) -> None:
-    assert store.create("t-1", _new("t-1")) == 1
-    assert admin.object("encoding", store.record_key("t-1")) == b"listpack"
-    assert admin.get(store.call_key("t-1")) == CALL % b"t-1"
-    record = store.get("t-1")
+def test_the_record_hash_stays_compact_and_the_call_reads_back(
+    redis_store: RedisStore, redis_admin: redis.Redis
+) -> None:
+    assert redis_store.create("t-1", _new("t-1")) == 1
+    assert redis_admin.object("encoding", redis_store.record_key("t-1")) == b"listpack"
+    assert redis_admin.get(redis_store.call_key("t-1")) == CALL % b"t-1"
+    record = redis_store.get("t-1")
     assert record is not None and record.envelope.payload == CALL % b"t-1"
-    assert store.get_many(["t-1"]) == [record]
+    assert redis_store.get_many(["t-1"]) == [record]
 
 
-def test_finish_and_delete_remove_the_call_too(store: RedisStore, admin: redis.Redis) -> None:
+def test_finish_and_delete_remove_the_call_too(redis_store: RedisStore, redis_admin: redis.Redis) -> None:
     for task_id in ("t-2", "t-3"):
-        assert store.create(task_id, _new(task_id)) == 1
-    assert store.finish("t-2", 1, OWNER)
-    assert store.delete("t-3")
+        assert redis_store.create(task_id, _new(task_id)) == 1
+    assert redis_store.finish("t-2", 1, OWNER)
+    assert redis_store.delete("t-3")
     for task_id in ("t-2", "t-3"):
-        keys = (store.record_key(task_id), store.call_key(task_id), store.save_key(task_id, 1))
-        assert admin.exists(*keys) == 0
+        keys = (
+            redis_store.record_key(task_id),
+            redis_store.call_key(task_id),
+            redis_store.save_key(task_id, 1),
+        )
+        assert redis_admin.exists(*keys) == 0
 
 
 def test_a_record_written_with_the_call_in_its_hash_still_reads_resumes_and_deletes(
-    store: RedisStore, admin: redis.Redis
+    redis_store: RedisStore, redis_admin: redis.Redis
 ) -> None:
     # What CREATE wrote before the call had a key of its own.
     task_id, call = "t-old", CALL % b"t-old"
     now = repr(time.time())
-    admin.hset(
-        store.record_key(task_id),
+    redis_admin.hset(
+        redis_store.record_key(task_id),
         mapping={
             "name": "proj.tasks.import_rows",
             "status": "running",
@@ -87,8 +73,8 @@ def test_a_record_written_with_the_call_in_its_hash_still_reads_resumes_and_dele
             "ecenc": "utf-8",
         },
     )
-    admin.hset(
-        store.save_key(task_id, 1),
+    redis_admin.hset(
+        redis_store.save_key(task_id, 1),
         mapping={
             "state": b'{"row": 7}',
             "ctype": "application/json",
@@ -97,13 +83,13 @@ def test_a_record_written_with_the_call_in_its_hash_still_reads_resumes_and_dele
             "saves": 3,
         },
     )
-    admin.sadd(store.owned_key(OWNER), task_id)
-    admin.sadd(store.owners_key, OWNER)
+    redis_admin.sadd(redis_store.owned_key(OWNER), task_id)
+    redis_admin.sadd(redis_store.owners_key, OWNER)
 
-    record = store.get(task_id)
+    record = redis_store.get(task_id)
     assert record is not None and record.envelope.payload == call and record.saves == 3
-    claim = store.claim(task_id, OWNER, "w2@host|next", max_resumes=5)
+    claim = redis_store.claim(task_id, OWNER, "w2@host|next", max_resumes=5)
     assert claim.outcome is ClaimOutcome.CLAIMED
     assert claim.record is not None and claim.record.envelope.payload == call
-    assert store.delete(task_id)
-    assert admin.exists(store.record_key(task_id), store.save_key(task_id, 2)) == 0
+    assert redis_store.delete(task_id)
+    assert redis_admin.exists(redis_store.record_key(task_id), redis_store.save_key(task_id, 2)) == 0
