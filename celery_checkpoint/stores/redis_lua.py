@@ -12,8 +12,8 @@ stops or changes hands. The recorded call (the envelope a resume sends) is a
 string of its own (``call:<id>``): it is the one long value of a record, and
 a hash holding a value longer than ``hash-max-listpack-value`` (64 bytes by
 default) is kept as a hash table, ~20 allocations to build and as many to
-free on every task instead of one listpack (figure 5 gained ~2.5 % when the
-call moved out; BENCHMARKS.md). Records written before that keep ``env`` in
+free on every task instead of one listpack (figure 5: +2.2-2.5 % in
+interleaved A/B runs of real workers; BENCHMARKS.md). Records written before that keep ``env`` in
 the hash, and readers take either. The last save lives in a hash of its own
 named after the fence of the run that owns the record
 (``save:<id>:<fence>``): state ctype cenc progress saved_at saves. A save writes it with plain commands and
