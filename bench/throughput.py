@@ -103,7 +103,26 @@ class WorkerProcess:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (0 if it is gone)."""
+    """CPU time a process has used so far (0 if it is gone).
+
+    ``/proc/<pid>/schedstat`` counts in nanoseconds; ``/proc/<pid>/stat``
+    counts in clock ticks (10 ms), too coarse for a short run: 200 tasks of
+    50 us each are one tick, so a quick run read 0 or 50 us per task by
+    chance. The tick count is the fallback for kernels without schedstat
+    (and for a thread that ended between the listing and the read).
+    """
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    try:
+        total = 0
+        for tid in threads:  # schedstat is per thread; stat sums the process
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                total += int(handle.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         with open(f"/proc/{pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
