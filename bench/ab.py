@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{variant.name:22s} {median(ours):7.1f} tasks/s  {median(ours) / median(base):.3f}x "
             f"(per round {paired:.3f}x)  CPU us/task main {median([c.main for c in cpu]):.0f} "
-            f"pool {median([c.pool for c in cpu]):.0f} redis {median([c.redis or 0 for c in cpu]):.0f}  "
+            f"pool {median([c.pool for c in cpu]):.0f} redis {median([c.redis or 0 for c in cpu]):.0f} "
+            f"main waiting {median([c.main_waiting or 0 for c in cpu]):.0f}  "
             f"runs {[round(r) for r in ours]}"
         )
     return 0

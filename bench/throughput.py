@@ -102,33 +102,49 @@ class WorkerProcess:
                 self.proc.wait(10)
 
 
+def _schedstat(pid: int, field: int) -> float | None:
+    """A ``/proc/<pid>/task/*/schedstat`` field summed over the process's threads, in seconds.
+
+    Field 0 is time on a CPU, field 1 time spent runnable but waiting for
+    one; both count in nanoseconds. ``None`` where the kernel has no
+    schedstat, or a thread ended between the listing and the read.
+    """
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                total += int(handle.read().split()[field])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time a process has used so far (0 if it is gone).
 
-    ``/proc/<pid>/schedstat`` counts in nanoseconds; ``/proc/<pid>/stat``
-    counts in clock ticks (10 ms), too coarse for a short run: 200 tasks of
-    50 us each are one tick, so a quick run read 0 or 50 us per task by
-    chance. The tick count is the fallback for kernels without schedstat
-    (and for a thread that ended between the listing and the read).
+    From schedstat, in nanoseconds: ``/proc/<pid>/stat`` counts in clock
+    ticks (10 ms), too coarse for a short run -- 200 tasks of 50 us each are
+    one tick, so a quick run read 0 or 50 us per task by chance. The tick
+    count is the fallback.
     """
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    try:
-        total = 0
-        for tid in threads:  # schedstat is per thread; stat sums the process
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
-                total += int(handle.read().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
+    precise = _schedstat(pid, 0)
+    if precise is not None:
+        return precise
     try:
         with open(f"/proc/{pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def waiting_seconds(pid: int) -> float | None:
+    """Time a process spent runnable but waiting for a CPU (``None`` if unknown).
+
+    The worker's main process is figures 4 and 5's bottleneck: what it waits
+    while a pool child or redis-server holds the CPU slows every task.
+    """
+    return _schedstat(pid, 1)
 
 
 @dataclass
@@ -138,6 +154,8 @@ class CpuPerTask:
     main: float
     pool: float
     redis: float | None
+    #: Microseconds per task the main process was runnable but had no CPU.
+    main_waiting: float | None = None
 
 
 class Runner:
@@ -151,12 +169,13 @@ class Runner:
         #: Variant name -> CPU per task of each of its runs (Linux /proc only).
         self.cpu: dict[str, list[CpuPerTask]] = {}
 
-    def _cpu_now(self, worker: WorkerProcess) -> tuple[float, float, float | None]:
+    def _cpu_now(self, worker: WorkerProcess) -> tuple[float, float, float | None, float | None]:
         pid = self.ctx.redis_pid
         return (
             cpu_seconds(worker.proc.pid),
             sum(cpu_seconds(child) for child in worker.pool()),
             cpu_seconds(pid) if pid else None,
+            waiting_seconds(worker.proc.pid),
         )
 
     def env(self, variant: Variant, queue: str, store_prefix: str) -> dict[str, str]:
@@ -221,13 +240,18 @@ class Runner:
         return rate
 
     def _per_task(
-        self, before: tuple[float, float, float | None], after: tuple[float, float, float | None]
+        self,
+        before: tuple[float, float, float | None, float | None],
+        after: tuple[float, float, float | None, float | None],
     ) -> CpuPerTask:
-        redis = None if before[2] is None or after[2] is None else (after[2] - before[2]) / self.n * 1e6
+        def per_task(first: float | None, last: float | None) -> float | None:
+            return None if first is None or last is None else (last - first) / self.n * 1e6
+
         return CpuPerTask(
             main=(after[0] - before[0]) / self.n * 1e6,
             pool=(after[1] - before[1]) / self.n * 1e6,
-            redis=redis,
+            redis=per_task(before[2], after[2]),
+            main_waiting=per_task(before[3], after[3]),
         )
 
     def _first_taken(self, worker: WorkerProcess, qkey: str) -> float:
@@ -287,13 +311,18 @@ def throughput(ctx: Context) -> list[Figure]:
             parts.append(f"redis {median(redis):.0f}")
         return " / ".join(parts)
 
+    def waiting_of(variant: Variant) -> str:
+        waits = [r.main_waiting for r in runner.cpu.get(variant.name, []) if r.main_waiting is not None]
+        return f"{median(waits):.0f}" if waits else "?"
+
     def info_for(variant: Variant) -> str:
         paired = median([ours / base for ours, base in zip(samples[variant.name], plain, strict=True)])
         return (
             f"{n} tasks per run, {repeats} runs per variant; median of the per-round "
             f"ratios (each round runs all three back to back): {paired:.3f}x; CPU per task in us "
             f"(worker main process / pool processes / redis-server, medians): "
-            f"{cpu_of(variant)} vs plain {cpu_of(PLAIN)}"
+            f"{cpu_of(variant)} vs plain {cpu_of(PLAIN)}; main process runnable but without a CPU: "
+            f"{waiting_of(variant)} vs plain {waiting_of(PLAIN)} us per task"
         )
 
     return [
