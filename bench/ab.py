@@ -26,11 +26,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .apps import PLAIN_NOOP, PLAIN_NOOP_LATE, PLAIN_SET_DELETE, PLAIN_SET_DELETE_LATE
+from .apps import PLAIN_NOOP, PLAIN_NOOP_LATE, PLAIN_SET_DELETE
 from .common import Context
 from .redis_server import PrivateRedis
 from .report import median
-from .throughput import NOOP, PLAIN, SAVE, Runner, Variant
+from .throughput import FLOOR, NOOP, PLAIN, SAVE, Runner, Variant
 
 VARIANTS = {
     v.name: v
@@ -42,7 +42,7 @@ VARIANTS = {
         Variant("plain-in-ckpt", PLAIN_NOOP, checkpoint=True),
         Variant("plain-in-ckpt-nostore", PLAIN_NOOP, checkpoint=True),
         Variant("plain-set-delete", PLAIN_SET_DELETE, checkpoint=False),
-        Variant("plain-set-delete-late", PLAIN_SET_DELETE_LATE, checkpoint=False),
+        FLOOR,
     )
 }
 
@@ -52,8 +52,6 @@ class VariantRunner(Runner):
         env = super().env(variant, queue, store_prefix)
         if variant.name.endswith("-nostore"):
             env["BENCH_STORE_URL"] = ""
-        if variant.task in (PLAIN_SET_DELETE, PLAIN_SET_DELETE_LATE):
-            env["BENCH_STORE_URL"] = self.ctx.redis_url
         return env
 
 
