@@ -70,6 +70,9 @@ def test_worker_and_scan_benchmarks_run(tmp_path: Path) -> None:
     assert "redis-server" in text  # the versions line
     cpu = re.findall(r"main (\d+) / pool (\d+) / redis (\d+) vs plain main (\d+)", text)
     assert len(cpu) == 2 and all(int(v) > 0 for row in cpu for v in row), "CPU per task of each process role"
+    assert len(re.findall(r"runnable but without a CPU: \d+ vs plain \d+ us per task", text)) == 2
+    floor = re.search(r"SET of its state and a DEL by hand \(acks_late\): (\d+\.\d+)x", text)
+    assert floor is not None and float(floor.group(1)) > 0, "figure 5 names its floor, from the same rounds"
 
 
 def test_the_variant_comparison_runs_real_workers() -> None:
