@@ -101,6 +101,25 @@ def test_the_variant_comparison_runs_real_workers() -> None:
     assert all("tasks/s" in line and "CPU us/task main" in line for line in lines)
 
 
+def test_the_server_cost_comparison_runs_the_real_tasks() -> None:
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.servercost", "--tasks", "50", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.findall(r"^(.+?), (back to back|spaced) +redis-server +(\d+\.\d) us/task", proc.stdout, re.M)
+    assert sorted((name, how) for name, how, _ in found) == sorted(
+        (name, how)
+        for name in ("figure 5's task", "floor (SET + DEL)", "two PINGs")
+        for how in ("back to back", "spaced")
+    ), proc.stdout
+    assert all(float(us) > 0 for _, _, us in found)
+
+
 def test_a_given_redis_is_used_and_left_as_it_was(private_redis: RedisServer) -> None:
     url = f"{private_redis.url}/5"
     client = redis.Redis.from_url(url)
