@@ -58,7 +58,7 @@ SAVE = Variant("checkpoint-save", CHECKPOINT_SAVE, checkpoint=True)
 #: with the delivery options CheckpointTask turns on.
 FLOOR = Variant("plain-set-delete-late", PLAIN_SET_DELETE_LATE, checkpoint=False)
 
-
+#: Plain tasks that write to Redis by hand: their worker gets the store's URL.
 _STORING = (PLAIN_SET_DELETE, PLAIN_SET_DELETE_LATE)
 
 
