@@ -22,6 +22,7 @@ import random
 import signal
 import statistics
 import time
+from datetime import datetime
 
 import pytest
 import redis
@@ -44,26 +45,42 @@ def total(n: int) -> int:
     return n * (n + 1) // 2
 
 
-def chaos(c: Cluster, workers: dict[str, Worker], done: callable, rng: random.Random) -> dict[str, int]:  # type: ignore[valid-type]
+def chaos(
+    c: Cluster,
+    workers: dict[str, Worker],
+    done: callable,  # type: ignore[valid-type]
+    rng: random.Random,
+    log: list[str],
+) -> dict[str, int]:
+    """Crash things until ``done()`` or CHAOS_SECONDS; note each action in ``log``, timed as worker logs."""
     counts = {"main": 0, "child": 0, "outage": 0}
+
+    def note(action: str) -> None:
+        log.append(f"{datetime.now():%H:%M:%S,%f}"[:-3] + f" {action}")
+
     outage_at = time.monotonic() + rng.uniform(6, 12)
     stop_at = time.monotonic() + CHAOS_SECONDS
     while time.monotonic() < stop_at and not done():
         time.sleep(rng.uniform(1.5, 3.5))
         if counts["outage"] == 0 and time.monotonic() >= outage_at:
+            note("store redis-server stopped")
             c.store_redis.stop()
             time.sleep(3)
             c.store_redis.start()
+            note("store redis-server started")
             counts["outage"] += 1
             continue
         name = rng.choice(sorted(workers))
         worker = workers[name]
         children = worker.children()
         if children and rng.random() < 0.5:
-            os.kill(rng.choice(children), signal.SIGKILL)
+            child = rng.choice(children)
+            os.kill(child, signal.SIGKILL)
+            note(f"{name}: pool child {child} SIGKILLed")
             counts["child"] += 1
         else:
             worker.kill(signal.SIGKILL)
+            note(f"{name}: main process SIGKILLed")
             counts["main"] += 1
             time.sleep(rng.uniform(0.2, 1.0))
             workers[name] = c.worker(name)
@@ -77,10 +94,13 @@ def queues(c: Cluster) -> dict[str, object]:
     return {"celery": r.llen("celery"), "unacked": r.hlen("unacked"), "keys (ttl)": keys}
 
 
-def stuck_report(c: Cluster, client: Client, results: list[AsyncResult], workers: dict[str, Worker]) -> str:
+def stuck_report(
+    c: Cluster, client: Client, results: list[AsyncResult], workers: dict[str, Worker], actions: list[str]
+) -> str:
     """What a person debugging a hang needs: each unfinished task's runs, checkpoint and the queues."""
     records = {r.task_id: r for r in client.store.scan() if isinstance(r, CheckpointRecord)}
-    lines = [f"leases: {client.store.leases()}", f"broker: {queues(c)}"]
+    lines = [f"leases: {client.store.leases()}", f"broker: {queues(c)}", "chaos:"]
+    lines.extend(f"    {action}" for action in actions)
     for r in results:
         if r.ready():
             continue
@@ -122,12 +142,13 @@ def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> Non
         def all_ready() -> bool:
             return all(r.ready() for r in results)
 
-        counts = chaos(c, workers, all_ready, rng)
+        actions: list[str] = []
+        counts = chaos(c, workers, all_ready, rng, actions)
         remaining = DEADLINE - (time.monotonic() - started)
         try:
             wait_for(all_ready, max(remaining, 30), "every task finished", interval=0.5)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{stuck_report(c, client, results, workers)}") from None
+            raise AssertionError(f"{exc}\n{stuck_report(c, client, results, workers, actions)}") from None
 
         values = [r.get(timeout=5) for r in results]
         assert values == [total(n) for n in sizes]
