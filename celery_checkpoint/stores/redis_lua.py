@@ -13,11 +13,11 @@ string of its own (``call:<id>``): it is the one long value of a record, and
 a hash holding a value longer than ``hash-max-listpack-value`` (64 bytes by
 default) is kept as a hash table, ~20 allocations to build and as many to
 free on every task instead of one listpack (figure 5: +2.2-2.5 % in
-interleaved A/B runs of real workers; BENCHMARKS.md). Records written before that keep ``env`` in
-the hash, and readers take either. The last save lives in a hash of its own
-named after the fence of the run that owns the record
-(``save:<id>:<fence>``): state ctype cenc progress saved_at saves. A save writes it with plain commands and
-no script (see ``RedisStore.update``): a value passed to a script is copied
+interleaved A/B runs of real workers; BENCHMARKS.md). Records written before
+that keep ``env`` in the hash, and readers take either. The last save lives
+in a hash of its own named after the fence of the run that owns the record
+(``save:<id>:<fence>``): state ctype cenc progress saved_at saves. A save
+writes it with plain commands and no script (see ``RedisStore.update``): a value passed to a script is copied
 into the Lua VM and out again, ~1.5 ns per byte (~100 us for 64 KB against
 ~2 us for a plain write), and a script call costs ~10 us of server time
 whatever it does. A run that lost its fence writes into a key no one reads.
