@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -161,11 +162,27 @@ class CheckpointTask(Task):  # type: ignore[misc]
                 raise
             delay = self.checkpoint_config.store_retry_delay * 2 ** (request.retries or 0)
             logger.warning("task %s: checkpoint store failed; retrying in %.1fs: %s", request.id, delay, exc)
-            raise self.retry(exc=exc, countdown=delay) from exc
+            raise self._retry_after_store_error(exc, delay) from exc
         finally:
             opened = request.checkpoint
             if opened is not None:
                 opened.close()
+
+    def _retry_after_store_error(self, exc: CheckpointStoreError, delay: float) -> BaseException:
+        """Wait out the delay in this run, then re-send the task due at once.
+
+        A ``countdown`` would make the retry an ETA message, parked in some
+        worker's prefetch until it is due. When it falls due Celery lowers
+        that worker's prefetch limit again, and kombu's Redis transport keeps
+        any message its outstanding ``BRPOP`` pops meanwhile unread in the
+        socket: in neither the queue nor the unacked hash. A SIGKILL then
+        loses that message for good, and a task that never saved (a first
+        read failed in the same outage) had nothing else that knew its call.
+        Waiting here costs a pool slot for the delay; while the store is down
+        a checkpointed task cannot make progress anyway.
+        """
+        time.sleep(delay)
+        return self.retry(exc=exc, countdown=0)  # type: ignore[no-any-return]
 
     def retry(
         self,

@@ -61,7 +61,14 @@ def note(task_id: str, event: str, **data: object) -> None:
 def count_to(self, n, step_seconds=0.05, checkpoint=None):
     """Counts to n slowly, saving after every step; returns the sum 1..n."""
     state = checkpoint.load() or {"i": 0, "total": 0}
-    note(self.request.id, "start", i=state["i"], resume_count=checkpoint.resume_count)
+    note(
+        self.request.id,
+        "start",
+        i=state["i"],
+        resume_count=checkpoint.resume_count,
+        retries=self.request.retries,
+        eta=self.request.eta,
+    )
     for i in range(state["i"], n):
         time.sleep(step_seconds * STEP_SCALE)
         state = {"i": i + 1, "total": state["total"] + i + 1}
