@@ -160,15 +160,13 @@ class CheckpointTask(Task):  # type: ignore[misc]
         except CheckpointStoreError as exc:
             if self.checkpoint_config.on_store_error != "retry" or request.is_eager:
                 raise
-            delay = self.checkpoint_config.store_retry_delay * 2 ** (request.retries or 0)
-            logger.warning("task %s: checkpoint store failed; retrying in %.1fs: %s", request.id, delay, exc)
-            raise self._retry_after_store_error(exc, delay) from exc
+            raise self._retry_after_store_error(exc) from exc
         finally:
             opened = request.checkpoint
             if opened is not None:
                 opened.close()
 
-    def _retry_after_store_error(self, exc: CheckpointStoreError, delay: float) -> BaseException:
+    def _retry_after_store_error(self, exc: CheckpointStoreError) -> BaseException:
         """Wait out the delay in this run, then re-send the task due at once.
 
         A ``countdown`` would make the retry an ETA message, parked in some
@@ -181,7 +179,14 @@ class CheckpointTask(Task):  # type: ignore[misc]
         Waiting here costs a pool slot for the delay; while the store is down
         a checkpointed task cannot make progress anyway.
         """
-        time.sleep(delay)
+        request = self.request
+        retries = request.retries or 0
+        if self.max_retries is not None and retries >= self.max_retries:
+            logger.warning("task %s: checkpoint store failed; no retries left: %s", request.id, exc)
+        else:
+            delay = self.checkpoint_config.store_retry_delay * 2**retries
+            logger.warning("task %s: checkpoint store failed; retrying in %.1fs: %s", request.id, delay, exc)
+            time.sleep(delay)
         return self.retry(exc=exc, countdown=0)  # type: ignore[no-any-return]
 
     def retry(

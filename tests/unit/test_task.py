@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 import uuid
 import weakref
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.app.task import Context
+from celery.exceptions import Retry
 
 from celery_checkpoint import CheckpointTask, NullCheckpointer
 from celery_checkpoint.envelope import FENCE_HEADER, FRESH_HEADER, envelope_from_request
+from celery_checkpoint.errors import CheckpointStoreError
 from celery_checkpoint.stores import open_store
 
 
@@ -193,3 +196,65 @@ def test_the_recorded_call_never_carries_the_never_seen_mark_nor_a_handover() ->
     recorded = envelope_from_request(work, request)
     assert recorded["options"]["headers"] == {"tenant": "a"}
     assert recorded["options"]["task_id"] == "t1" and recorded["args"] == [1]
+
+
+def _worker_run_that_loses_its_store(max_retries: int) -> tuple[Celery, CheckpointTask]:
+    """A task as a worker runs it (not eager), whose store fails under its body."""
+    app = make_app(
+        task_default_queue=f"q{uuid.uuid4().hex[:6]}",
+        checkpoint_store_url=f"memory://{uuid.uuid4().hex}",
+        checkpoint_store_retry_delay=0.25,
+    )
+    app.conf.task_always_eager = False
+
+    @app.task(base=CheckpointTask, bind=True, max_retries=max_retries, name=f"work-{uuid.uuid4().hex}")
+    def work(self: CheckpointTask, checkpoint: Any) -> None:
+        raise CheckpointStoreError("the store is down")
+
+    return app, work
+
+
+def _run_as_a_worker(task: CheckpointTask, retries: int) -> None:
+    task.push_request(
+        id="t1",
+        args=[],
+        kwargs={},
+        retries=retries,
+        called_directly=False,
+        is_eager=False,
+        hostname="w1@h",
+        delivery_info={"exchange": "", "routing_key": task.app.conf.task_default_queue},
+    )
+    try:
+        task()
+    finally:
+        task.pop_request()
+
+
+def test_a_store_error_retry_waits_in_the_run_then_is_due_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A countdown would park the retry in some worker's prefetch as an ETA message (see task.py)."""
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    app, work = _worker_run_that_loses_its_store(max_retries=3)
+
+    with pytest.raises(Retry):
+        _run_as_a_worker(work, retries=1)
+
+    assert slept == [0.5], "the run waited the delay (doubled for the second attempt)"
+    with app.connection() as conn:
+        queue = conn.SimpleQueue(app.conf.task_default_queue)
+        retried = queue.get(timeout=1)
+        queue.close()
+    assert retried.headers["id"] == "t1" and retried.headers["retries"] == 2
+    assert retried.headers["eta"] is None
+
+
+def test_a_store_error_with_no_retries_left_fails_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    _, work = _worker_run_that_loses_its_store(max_retries=1)
+
+    with pytest.raises(CheckpointStoreError, match="the store is down"):
+        _run_as_a_worker(work, retries=1)
+
+    assert slept == []
