@@ -12,7 +12,10 @@ acks_late redelivery, which on Redis means kombu restoring the dead
 consumer's unacked message after the visibility timeout. The test makes
 kombu look for those every second instead of every 100 s, and lets kombu's
 restore lock expire after 5 s instead of 300 s: a worker SIGKILLed while it
-holds that lock otherwise stops every restore for five minutes.
+holds that lock otherwise stops every restore for five minutes. A first load
+that fails in the outage retries due at once, after waiting in its run: as an
+ETA message it let kombu lose other messages to a SIGKILL, and with them tasks
+that had never saved (scripts/kombu_eta_loss.py).
 """
 
 from __future__ import annotations
