@@ -1,4 +1,4 @@
-"""CheckpointTask in-process (eager): injection, outcomes, settings."""
+"""CheckpointTask in-process (eager, or as a worker runs it): injection, outcomes, settings, retries."""
 
 from __future__ import annotations
 
