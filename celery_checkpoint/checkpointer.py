@@ -75,7 +75,7 @@ class NullCheckpointer:
 
     def fail(self, exc: BaseException | None = None) -> None: ...
 
-    def suspend(self) -> None: ...
+    def suspend(self, resend_after: float | None = None) -> None: ...
 
     def release(self) -> None: ...
 
@@ -397,10 +397,14 @@ class Checkpointer:
             self.store.finish(self.task_id, self._fence, self.owner)
         self._fence = 0
 
-    def suspend(self) -> None:
-        """The run asked Celery to retry: keep the checkpoint for the retried run."""
+    def suspend(self, resend_after: float | None = None) -> None:
+        """The run asked Celery to retry: keep the checkpoint for the retried run.
+
+        If no delivery has taken it over ``resend_after`` seconds from now,
+        the retry message was lost, and a worker's scan sends the call again.
+        """
         if self._fence:
-            self.store.park(self.task_id, self._fence, self.owner, Status.WAITING)
+            self.store.park(self.task_id, self._fence, self.owner, Status.WAITING, resend_after)
             self._fence = 0
 
     def release(self) -> None:

@@ -72,6 +72,9 @@ class CheckpointRecord:
     created_at: float
     state: EncodedState
     envelope: EncodedState = field(repr=False)
+    #: ``waiting`` only: when a worker's scan sends the call again if the
+    #: retry has not started by then (its message was lost); ``None``: never.
+    resend_at: float | None = None
 
     @property
     def owner_host(self) -> str:

@@ -12,6 +12,7 @@ once per process and left in place.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import logging
 from collections.abc import Container
@@ -174,6 +175,16 @@ class Resumer:
             return Outcome.FAILED
         # The message is in the broker now: the record needs no owner's lease.
         self.store.park(task_id, claim.record.fence, self.claimer, Status.QUEUED)
+        if record.status is Status.WAITING:
+            logger.warning(
+                "task %s (%s): its retry had not started by %s, so its message was lost; "
+                "sent its call again from its checkpoint (save %d)",
+                task_id,
+                record.task_name,
+                _iso(record.resend_at),
+                claim.record.saves,
+            )
+            return Outcome.RESUMED
         logger.info(
             "task %s (%s) re-enqueued from its checkpoint (save %d, resume %d)",
             task_id,
@@ -204,6 +215,12 @@ class Resumer:
                 problem,
             )
         return Outcome.BAD
+
+
+def _iso(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "its resend time"
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _result_is_final(task: Any, task_id: str) -> bool:

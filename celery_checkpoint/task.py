@@ -9,6 +9,7 @@ was killed) keeps it for the resume scan. In the worker's main process,
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
 import logging
@@ -18,8 +19,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from celery import Task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Reject, Retry
 from celery.utils import uuid
+from celery.utils.time import maybe_make_aware
 from celery.worker.request import Request
 
 from .checkpointer import Checkpointer, NullCheckpointer
@@ -264,7 +266,23 @@ class CheckpointTask(Task):  # type: ignore[misc]
         self._settle(task_id, lambda handle: handle.fail(exc))
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        self._settle(task_id, lambda handle: handle.suspend())
+        # If the retry has not started checkpoint_requeue_after seconds after
+        # it was due, its message was lost (kombu can lose an ETA message's
+        # neighbour to a SIGKILL; README): a worker's scan sends the call again.
+        due_in = self._retry_due_in(_retry_of(einfo))
+        resend_after = due_in + self.checkpoint_config.requeue_after
+        self._settle(task_id, lambda handle: handle.suspend(resend_after))
+
+    def _retry_due_in(self, retry: Retry | None) -> float:
+        """Seconds until the retry Celery just sent is due (its ``countdown`` or ``eta``)."""
+        when = None if retry is None else retry.when
+        if isinstance(when, datetime.datetime):
+            due: datetime.datetime = maybe_make_aware(when)
+            now: datetime.datetime = self.app.now()
+            return max(0.0, (due - now).total_seconds())
+        if isinstance(when, (int, float)):
+            return max(0.0, float(when))
+        return float(self.default_retry_delay or 0)
 
     def _settle(self, task_id: str, action: Callable[[AnyCheckpointer], None]) -> None:
         handle = getattr(self.request, "checkpoint", None)
@@ -301,6 +319,15 @@ def _call_recorder(task: CheckpointTask, request: Any) -> Callable[[], dict[str,
         return envelope_from_request(task, live)
 
     return record
+
+
+def _retry_of(einfo: Any) -> Retry | None:
+    """The ``Retry`` Celery raised, which billiard's ``ExceptionInfo`` wraps."""
+    exception = getattr(einfo, "exception", None)
+    for candidate in (exception, getattr(exception, "exc", None)):
+        if isinstance(candidate, Retry):
+            return candidate
+    return None
 
 
 def _suspect_delivery(request: Any) -> bool:

@@ -28,6 +28,7 @@ JSON_FIELDS = (
     "saved_at",
     "saved_at_iso",
     "created_at",
+    "resend_at",
     "size",
     "reason",
     "key",
@@ -46,6 +47,7 @@ def as_dict(entry: Entry) -> dict[str, Any]:
             entry.record.metadata(),
             owner_id=entry.record.owner,
             saved_at_iso=_iso(entry.record.saved_at),
+            resend_at=entry.record.resend_at,
         )
     return {name: values.get(name) for name in JSON_FIELDS}
 
@@ -157,6 +159,9 @@ def render_detail(detail: dict[str, Any]) -> str:
         ("created", _iso(detail["created_at"])),
         ("size", f"{detail['size']} bytes"),
     ]
+    if detail.get("resend_at") is not None:
+        # a waiting checkpoint: when a worker gives up on its retry message
+        fields.append(("sent again", f"{_iso(detail['resend_at'])} if its retry has not started"))
     lines = [f"Checkpoint {detail['task_id']}", *(f"  {name + ':':<14}{value}" for name, value in fields)]
     lines += ["Call (args, kwargs, options):", *_indented(detail["call"], detail["call_error"])]
     lines += ["Saved state:", *_indented(detail["saved_state"], detail["saved_state_error"])]

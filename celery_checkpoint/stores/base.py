@@ -113,10 +113,17 @@ class CheckpointStore(Protocol):
         """Delete the record and mark the task id done (success or terminal failure)."""
         ...
 
-    def park(self, task_id: str, fence: int, owner: str, status: Status) -> bool:
+    def park(
+        self, task_id: str, fence: int, owner: str, status: Status, resend_after: float | None = None
+    ) -> bool:
         """Leave the record with no owner, as ``waiting`` (a retry), ``released``
         (a handoff, resumed by the next scan), ``queued`` (its message is in
-        the broker) or ``poisoned`` (kept for inspection only)."""
+        the broker) or ``poisoned`` (kept for inspection only).
+
+        ``resend_after`` (``waiting`` only): seconds after which a record that
+        no delivery has taken over is listed by ``interrupted`` and may be
+        claimed, because its retry message was lost; ``None``: never.
+        """
         ...
 
     def register(self, worker_id: str, ttl: float) -> None:
@@ -139,9 +146,9 @@ class CheckpointStore(Protocol):
     def interrupted(self) -> list[Candidate]:
         """Checkpoints whose run is over without an outcome.
 
-        Reads only the owners whose lease ended and the unowned (released or
-        queued) checkpoints, so its cost grows with the interrupted ones, not
-        the live ones.
+        Reads only the owners whose lease ended, the unowned (released or
+        queued) checkpoints and the waiting ones past their ``resend_after``,
+        so its cost grows with the interrupted ones, not the live ones.
         """
         ...
 
@@ -166,7 +173,9 @@ class CheckpointStore(Protocol):
         is the safety net if that message was lost. Likewise an unowned
         ``queued`` one (re-enqueued, its message in the broker) after
         ``queued_grace`` seconds (``None``: never); claiming it again sends a
-        duplicate, which the ownership rule drops, and is not a resume.
+        duplicate, which the ownership rule drops, and is not a resume. A
+        ``waiting`` one past its ``resend_after`` (its retry message was lost)
+        is claimed the same way, and never when ``queued_grace`` is ``None``.
 
         Exactly one of several concurrent claimers gets ``CLAIMED``. A record
         already resumed ``max_resumes`` times becomes ``POISONED`` instead.

@@ -19,12 +19,15 @@ key                          type    holds
 ``p + owners``               set     every worker id that owns or owned a record
 ``p + workers``              hash    worker id -> lease expiry (server ms)
 ``p + released``             set     unowned task ids: handed off, or re-enqueued
+``p + waiting``              zset    task ids waiting for a retry, scored by the
+                                     time (server ms) they may be sent again
 ``p + done:<task id>``       string  "finished" marker, expires after done TTL
 ==========================  ======  =============================================
 
 The resume scan reads ``owners`` and ``workers`` (one entry per worker start)
-and then only the ``owned`` sets of dead owners, so its cost grows with the
-interrupted checkpoints and not with the live ones.
+and then only the ``owned`` sets of dead owners and the overdue end of
+``waiting``, so its cost grows with the interrupted checkpoints and not with
+the live ones or the retries still pending.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class RedisStore:
         self._create = register(redis_lua.CREATE)
         self._finish = register(redis_lua.FINISH)
         self._park = register(redis_lua.PARK)
+        self._due = register(redis_lua.DUE)
         self._lease = register(redis_lua.LEASE)
         self._leases = register(redis_lua.LEASES)
         self._claim = register(redis_lua.CLAIM)
@@ -98,6 +102,7 @@ class RedisStore:
         self.workers_key = self.key("workers")
         self.owners_key = self.key("owners")
         self.released_key = self.key("released")
+        self.waiting_key = self.key("waiting")
         # What create() and finish_nowait() frame by hand, every checkpointed task.
         self._record_prefix = self.record_key("")
         self._owned_prefix = self.owned_key("")
@@ -199,6 +204,7 @@ class RedisStore:
                     self.save_key(task_id, expected_fence),
                     self.save_key(task_id, expected_fence + 1),
                     self.call_key(task_id),
+                    self.waiting_key,
                 ],
                 args=[task_id, expected_fence, owner, pid],
             ),
@@ -353,7 +359,9 @@ class RedisStore:
             self.call_key(task_id),
         ]
 
-    def park(self, task_id: str, fence: int, owner: str, status: Status) -> bool:
+    def park(
+        self, task_id: str, fence: int, owner: str, status: Status, resend_after: float | None = None
+    ) -> bool:
         return bool(
             self._call(
                 "park",
@@ -365,8 +373,14 @@ class RedisStore:
                         self.released_key,
                         self.save_key(task_id, fence),
                         self.save_key(task_id, fence + 1),
+                        self.waiting_key,
                     ],
-                    args=[task_id, fence, status.value],
+                    args=[
+                        task_id,
+                        fence,
+                        status.value,
+                        "" if resend_after is None else int(resend_after * 1000),
+                    ],
                 ),
             )
         )
@@ -408,12 +422,14 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=False)
             pipe.smembers(self.owners_key)
             pipe.smembers(self.released_key)
-            owners, released = pipe.execute()
-            return sorted(_text(o) for o in owners), sorted(_text(r) for r in released)
+            self._due(keys=[self.waiting_key], client=pipe)
+            owners, released, due = pipe.execute()
+            unowned = {_text(r) for r in released} | {_text(w) for w in due}
+            return sorted(_text(o) for o in owners), sorted(unowned)
 
-        owners, released = self._call("scan", None, read)
+        owners, unowned = self._call("scan", None, read)
         dead = [owner for owner in owners if table.get(owner, 0) <= now]
-        found = [Candidate(task_id, "") for task_id in released]
+        found = [Candidate(task_id, "") for task_id in unowned]
         if not dead:
             return found
 
@@ -459,6 +475,7 @@ class RedisStore:
                     self.owners_key,
                     self.workers_key,
                     self.call_key(task_id),
+                    self.waiting_key,
                 ],
                 args=[
                     task_id,
@@ -520,7 +537,7 @@ class RedisStore:
         return found
 
     def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:
-        structural = {self.workers_key, self.owners_key, self.released_key}
+        structural = {self.workers_key, self.owners_key, self.released_key, self.waiting_key}
         record_prefix = self.record_key("")
         internal_prefixes = (
             self.owned_key(""),
@@ -562,7 +579,13 @@ class RedisStore:
 
     def _delete_owned(self, task_id: str, owner: str) -> Any:
         return self._delete(
-            keys=[self.record_key(task_id), self.owned_key(owner), self.released_key, self.call_key(task_id)],
+            keys=[
+                self.record_key(task_id),
+                self.owned_key(owner),
+                self.released_key,
+                self.call_key(task_id),
+                self.waiting_key,
+            ],
             args=[task_id, owner, self.save_key(task_id, "")],
         )
 
@@ -605,6 +628,7 @@ def _record(task_id: str, fields: dict[str, Any]) -> CheckpointRecord:
                 _text(fields.get("ectype", b"")),
                 _text(fields.get("ecenc", b"")),
             ),
+            resend_at=int(fields["resend_at"]) / 1000 if fields.get("resend_at") else None,
         )
     except (ValueError, TypeError) as exc:
         raise CorruptCheckpoint(f"task {task_id}: checkpoint hash is malformed: {exc}") from exc

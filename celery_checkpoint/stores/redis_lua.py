@@ -7,7 +7,7 @@ the prefix in ARGV): on Redis Cluster the store needs a key prefix with a hash
 tag, e.g. ``{checkpoint}:``, which puts every key of the store in one slot.
 
 Record hash (``task:<id>``) fields: name status owner pid fence resumes
-created_at ectype ecenc parked_at: what changes only when a run starts,
+created_at ectype ecenc parked_at resend_at: what changes only when a run starts,
 stops or changes hands. The recorded call (the envelope a resume sends) is a
 string of its own (``call:<id>``): it is the one long value of a record, and
 a hash holding a value longer than ``hash-max-listpack-value`` (64 bytes by
@@ -70,7 +70,8 @@ return {1, h[1], h[2], h[3], h[4], alive(KEYS[3], h[2]) and 1 or 0}
 
 # KEYS[1] record, KEYS[2] old owner's set, KEYS[3] new owner's set,
 # KEYS[4] released set, KEYS[5] owners set,
-# KEYS[6] save at the expected fence, KEYS[7] save at the next one, KEYS[8] call
+# KEYS[6] save at the expected fence, KEYS[7] save at the next one, KEYS[8] call,
+# KEYS[9] waiting index
 # ARGV[1] task id, ARGV[2] expected fence, ARGV[3] new owner, ARGV[4] pid
 # -> the record and its save (see SAVES), or false when the fence moved
 TAKEOVER = (
@@ -79,6 +80,7 @@ TAKEOVER = (
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return false end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[9], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
@@ -126,26 +128,46 @@ return 1
 """
 
 # KEYS[1] record, KEYS[2] owner's set, KEYS[3] unowned set,
-# KEYS[4] save at the fence, KEYS[5] save at the next one
+# KEYS[4] save at the fence, KEYS[5] save at the next one, KEYS[6] waiting index
 # ARGV[1] task id, ARGV[2] fence, ARGV[3] new status
 #   ('waiting' | 'released' | 'queued' | 'poisoned'); a parked record has no owner.
 #   Released and queued records join the unowned set the scan reads.
+# ARGV[4] (waiting) ms after which the record may be re-sent ('' = never):
+#   it joins the waiting index, scored with that time, which the scan reads
+#   up to now, so pending retries cost the scan nothing until they are overdue.
 # -> 1 when parked, 0 when fenced out
 PARK = (
     NOW_MS
     + SAVES
     + """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
+local now = now_ms()
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
 move_save(KEYS[4], KEYS[5])
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'owner', '', 'pid', 0, 'parked_at', now_ms())
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'owner', '', 'pid', 0, 'parked_at', now)
 redis.call('SREM', KEYS[2], ARGV[1])
 if ARGV[3] == 'released' or ARGV[3] == 'queued' then
   redis.call('SADD', KEYS[3], ARGV[1])
 else
   redis.call('SREM', KEYS[3], ARGV[1])
 end
+if ARGV[3] == 'waiting' and ARGV[4] ~= '' then
+  local at = now + tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'resend_at', at)
+  redis.call('ZADD', KEYS[6], at, ARGV[1])
+else
+  redis.call('HDEL', KEYS[1], 'resend_at')
+  redis.call('ZREM', KEYS[6], ARGV[1])
+end
 return 1
+"""
+)
+
+# KEYS[1] waiting index  -> the task ids whose resend time has passed
+DUE = (
+    NOW_MS
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())
 """
 )
 
@@ -178,28 +200,46 @@ return out
 )
 
 # KEYS[1] record, KEYS[2] expected owner's set, KEYS[3] claimer's set,
-# KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash, KEYS[7] call
+# KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash, KEYS[7] call,
+# KEYS[8] waiting index
 # ARGV[1] task id, ARGV[2] expected owner, ARGV[3] claimer, ARGV[4] max resumes,
 # ARGV[5] released grace in ms, ARGV[6] queued grace in ms ('' = never): how long
 # after it was parked an unowned released / queued record becomes claimable,
 # ARGV[7] the record's save hash name without its fence ('<prefix>save:<id>:').
-# Claiming an unowned queued record again is a re-send, not a resume.
+# Claiming an unowned queued record again is a re-send, not a resume; so is
+# claiming a waiting one past its resend_at (its retry message was lost), which
+# ARGV[6] = '' forbids too. Index entries of records that are not waiting any
+# more are dropped here.
 # -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned
 CLAIM = (
     NOW_MS
     + SAVES
     + """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at', 'fence')
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at', 'fence', 'resend_at')
 if not h[1] then
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('SREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
   return {0}
 end
-local parked_for = now_ms() - tonumber(h[4] or 0)
+local now = now_ms()
+local parked_for = now - tonumber(h[4] or 0)
 local save_now = ARGV[7] .. (h[5] or '')
 local save_next = ARGV[7] .. (tonumber(h[5] or 0) + 1)
+local resend = false
 if h[1] == 'queued' and h[2] == '' then
-  if ARGV[6] == '' or parked_for < tonumber(ARGV[6]) then return {0} end
+  resend = ARGV[6] ~= '' and parked_for >= tonumber(ARGV[6])
+  if not resend then return {0} end
+elseif h[1] == 'waiting' and h[2] == '' then
+  resend = ARGV[6] ~= '' and h[6] ~= false and now >= tonumber(h[6])
+  if not resend then return {0} end
+  redis.call('ZREM', KEYS[8], ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'queued')
+  redis.call('HDEL', KEYS[1], 'resend_at')
+else
+  redis.call('ZREM', KEYS[8], ARGV[1])
+end
+if resend then
   redis.call('SREM', KEYS[4], ARGV[1])
   redis.call('HINCRBY', KEYS[1], 'fence', 1)
   redis.call('HSET', KEYS[1], 'owner', ARGV[3])
@@ -247,7 +287,8 @@ return 1
 """
 )
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set, KEYS[4] call
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set, KEYS[4] call,
+# KEYS[5] waiting index
 # ARGV[1] task id, ARGV[2] owner the caller read, ARGV[3] save hash name without fence
 # -> 1 deleted, 0 absent, -1 the owner changed (read again)
 DELETE = """
@@ -257,6 +298,7 @@ if h[1] ~= ARGV[2] then return -1 end
 redis.call('DEL', KEYS[1], ARGV[3] .. (h[2] or ''), KEYS[4])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 return 1
 """
 

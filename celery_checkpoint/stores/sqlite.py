@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     envelope BLOB NOT NULL,
     envelope_type TEXT NOT NULL,
     envelope_encoding TEXT NOT NULL,
-    parked_at REAL NOT NULL DEFAULT 0
+    parked_at REAL NOT NULL DEFAULT 0,
+    -- waiting records only: when the scan may send the call again (NULL: never)
+    resend_at REAL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_by_owner ON checkpoints (owner, status);
 CREATE INDEX IF NOT EXISTS checkpoints_by_status ON checkpoints (status);
@@ -70,10 +72,21 @@ CREATE TABLE IF NOT EXISTS done (
 CREATE INDEX IF NOT EXISTS done_by_expiry ON done (expires);
 """
 
+# Columns added since the first schema, with their definitions: a file written
+# by an older version gets them when it is opened.
+ADDED_COLUMNS = {"resend_at": "REAL"}
+# Indexes on added columns, created once the columns exist. The scan reads the
+# overdue waiting records only, not every pending retry.
+LATE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS checkpoints_waiting ON checkpoints (resend_at) WHERE status = 'waiting'",
+)
+
 COLUMNS = (
     "task_id, task_name, status, owner, pid, fence, saves, resume_count, progress, saved_at, "
     "created_at, state, content_type, content_encoding, envelope, envelope_type, envelope_encoding"
 )
+# What a read returns: the columns a record is created with, then those set later.
+RECORD = f"{COLUMNS}, resend_at"
 ACTIVE = (Status.RUNNING.value, Status.QUEUED.value)
 
 # A save when the store knows the run's save count: a compare-and-set on it,
@@ -109,6 +122,21 @@ class SQLiteStore:
         self._prepare()
         with self._errors("open"):
             self._connection().executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a file written by an older version up to this schema.
+
+        In a write transaction, so two processes opening the same old file
+        at once do not both add a column.
+        """
+        with self._transaction("upgrade the schema of") as conn:
+            present = {row[1] for row in conn.execute("PRAGMA table_info(checkpoints)")}
+            for name, definition in ADDED_COLUMNS.items():
+                if name not in present:
+                    conn.execute(f"ALTER TABLE checkpoints ADD COLUMN {name} {definition}")
+            for statement in LATE_INDEXES:
+                conn.execute(statement)
 
     # -- connections -------------------------------------------------------
 
@@ -222,7 +250,7 @@ class SQLiteStore:
             if cur.rowcount != 1:
                 return None
             _remember_owner(conn, owner)
-            row = conn.execute(f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,)).fetchone()
+            row = conn.execute(f"SELECT {RECORD} FROM checkpoints WHERE task_id = ?", (task_id,)).fetchone()
         record = _record(row)
         self._know_saves(task_id, record.saves)
         return record
@@ -312,12 +340,16 @@ class SQLiteStore:
             conn.execute("DELETE FROM done WHERE expires <= ?", (now,))
         return True
 
-    def park(self, task_id: str, fence: int, owner: str, status: Status) -> bool:
+    def park(
+        self, task_id: str, fence: int, owner: str, status: Status, resend_after: float | None = None
+    ) -> bool:
+        now = time.time()
+        resend_at = now + resend_after if status is Status.WAITING and resend_after is not None else None
         with self._errors("park", task_id):
             cur = self._connection().execute(
-                "UPDATE checkpoints SET status = ?, owner = '', pid = 0, fence = fence + 1, parked_at = ? "
-                "WHERE task_id = ? AND fence = ?",
-                (status.value, time.time(), task_id, fence),
+                "UPDATE checkpoints SET status = ?, owner = '', pid = 0, fence = fence + 1, parked_at = ?, "
+                "resend_at = ? WHERE task_id = ? AND fence = ?",
+                (status.value, now, resend_at, task_id, fence),
             )
         self._saves.pop(task_id, None)
         return cur.rowcount == 1
@@ -368,6 +400,11 @@ class SQLiteStore:
                 (Status.RELEASED.value, Status.QUEUED.value),
             ).fetchall()
             found.extend(Candidate(task_id, owner) for task_id, owner in released)
+            overdue = conn.execute(
+                "SELECT task_id FROM checkpoints WHERE status = 'waiting' AND resend_at <= ? AND owner = ''",
+                (now,),
+            ).fetchall()
+            found.extend(Candidate(task_id, "") for (task_id,) in overdue)
         return found
 
     def held_by(self, worker_id: str) -> list[str]:
@@ -391,25 +428,31 @@ class SQLiteStore:
         now = time.time()
         with self._transaction("claim", task_id) as conn:
             row = conn.execute(
-                "SELECT c.status, c.owner, c.resume_count, c.parked_at, w.expires FROM checkpoints c "
-                "LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
+                "SELECT c.status, c.owner, c.resume_count, c.parked_at, c.resend_at, w.expires "
+                "FROM checkpoints c LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
                 (task_id,),
             ).fetchone()
             if row is None:
                 return Claim(ClaimOutcome.GONE)
-            status, owner, resume_count, parked_at, expires = row
+            status, owner, resume_count, parked_at, resend_at, expires = row
             owner_alive = expires is not None and expires > now
-            resend = status == Status.QUEUED.value and owner == "" and queued_grace is not None
-            if resend:
-                if now - parked_at < (queued_grace or 0.0):
+            unowned = owner == "" and queued_grace is not None
+            if unowned and status in (Status.QUEUED.value, Status.WAITING.value):
+                # a re-send: the message (a resume's, or a retry's) was lost
+                if status == Status.QUEUED.value:
+                    due = now - parked_at >= (queued_grace or 0.0)
+                else:
+                    due = resend_at is not None and now >= resend_at
+                if not due:
                     return Claim(ClaimOutcome.GONE)
                 conn.execute(
-                    "UPDATE checkpoints SET owner = ?, fence = fence + 1 WHERE task_id = ?",
-                    (claimer, task_id),
+                    "UPDATE checkpoints SET owner = ?, status = ?, resend_at = NULL, fence = fence + 1 "
+                    "WHERE task_id = ?",
+                    (claimer, Status.QUEUED.value, task_id),
                 )
                 _remember_owner(conn, claimer)
                 row = conn.execute(
-                    f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,)
+                    f"SELECT {RECORD} FROM checkpoints WHERE task_id = ?", (task_id,)
                 ).fetchone()
                 return Claim(ClaimOutcome.CLAIMED, _record(row))
             claimable = (status == Status.RELEASED.value and now - parked_at >= released_grace) or (
@@ -436,7 +479,7 @@ class SQLiteStore:
                 _remember_owner(conn, claimer)
                 outcome = ClaimOutcome.CLAIMED
             record = conn.execute(
-                f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,)
+                f"SELECT {RECORD} FROM checkpoints WHERE task_id = ?", (task_id,)
             ).fetchone()
         return Claim(outcome, _record(record))
 
@@ -446,7 +489,7 @@ class SQLiteStore:
         with self._errors("read", task_id):
             row = (
                 self._connection()
-                .execute(f"SELECT {COLUMNS} FROM checkpoints WHERE task_id = ?", (task_id,))
+                .execute(f"SELECT {RECORD} FROM checkpoints WHERE task_id = ?", (task_id,))
                 .fetchone()
             )
         return None if row is None else _record(row)
@@ -463,9 +506,7 @@ class SQLiteStore:
     def scan(self) -> Iterator[CheckpointRecord | CorruptEntry]:
         with self._errors("list"):
             rows = (
-                self._connection()
-                .execute(f"SELECT {COLUMNS} FROM checkpoints ORDER BY created_at")
-                .fetchall()
+                self._connection().execute(f"SELECT {RECORD} FROM checkpoints ORDER BY created_at").fetchall()
             )
         for row in rows:
             try:
@@ -554,6 +595,7 @@ def _parse_row(row: Any) -> CheckpointRecord:
         envelope,
         envelope_type,
         envelope_encoding,
+        resend_at,
     ) = row
     return CheckpointRecord(
         task_id=task_id,
@@ -569,4 +611,5 @@ def _parse_row(row: Any) -> CheckpointRecord:
         created_at=float(created_at),
         state=EncodedState(bytes(state), content_type, content_encoding),
         envelope=EncodedState(bytes(envelope), envelope_type, envelope_encoding),
+        resend_at=None if resend_at is None else float(resend_at),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+import redis
 from celery import chain, chord
 
 from tests.harness import cluster, wait_for
@@ -120,3 +121,18 @@ def test_chain_and_chord_continue_after_resume(tmp_path) -> None:
         assert chained.get(timeout=60) == TOTAL(40) + 1
         assert chorded.get(timeout=60) == 2 * TOTAL(30)
         assert starts(c, first.id)[-1]["resume_count"] == 1
+
+
+def test_a_retry_whose_message_is_lost_is_sent_again_and_continues_from_its_checkpoint(tmp_path) -> None:
+    """kombu can lose a message to a SIGKILL (README); here the retry goes to a queue no worker reads."""
+    with cluster(tmp_path, requeue_after="2", sweep_interval="0.5") as c:
+        app = connect(c)
+        w = c.worker("w1").wait_ready()
+        result = app.delay("flaky", 10, 4, "nobody-reads-this")
+        assert result.get(timeout=30) == 10, "the caller's AsyncResult gets the result"
+        runs = starts(c, result.id)
+        assert [r["i"] for r in runs] == [0, 4], "the re-sent call continued from the checkpoint"
+        assert "its retry had not started by" in w.output()
+        broker = redis.Redis.from_url(c.env()["CC_BROKER_URL"])
+        assert broker.llen("nobody-reads-this") == 1, "the lost retry is still where it was sent"
+        wait_for(lambda: app.store.get(result.id) is None, 5, "checkpoint deleted after success")

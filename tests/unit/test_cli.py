@@ -136,7 +136,7 @@ def corrupt_row(path: Path) -> str:
     with sqlite3.connect(path) as conn:
         conn.execute(
             "INSERT INTO checkpoints VALUES ('broken', 'x', 'bogus', '', 0, 1, 1, 0, NULL, 0, 0, "
-            "x'00', 'application/json', 'utf-8', x'00', 'application/json', 'utf-8', 0)"
+            "x'00', 'application/json', 'utf-8', x'00', 'application/json', 'utf-8', 0, NULL)"
         )
     return "broken"
 
@@ -181,6 +181,7 @@ def test_list_json_is_one_object_per_checkpoint(every_state: dict[str, str], sto
         "saved_at": record.saved_at,
         "saved_at_iso": running["saved_at_iso"],
         "created_at": record.created_at,
+        "resend_at": None,
         "size": len(record.state.payload),
         "reason": None,
         "key": None,
@@ -225,6 +226,16 @@ def test_show_prints_metadata_call_and_decoded_state(every_state: dict[str, str]
     assert f"Checkpoint {task_id}" in text
     assert "interrupted (status running)" in text
     assert '"total": 6' in text and '"task_id": "' + task_id + '"' in text
+
+
+def test_show_says_when_a_waiting_checkpoint_is_sent_again(store: CheckpointStore) -> None:
+    task_id, fence = put(store, {"i": 5}, owner=LIVE)
+    before = time.time()
+    assert store.park(task_id, fence, LIVE, Status.WAITING, resend_after=600)
+    detail = json.loads(cli("show", task_id, "--json").stdout)
+    assert detail["state"] == "waiting"
+    assert before + 600 <= detail["resend_at"] <= time.time() + 600
+    assert "if its retry has not started" in cli("show", task_id).stdout
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_a_runs_statements_and_the_sweeps_never_scan_a_table(tmp_path: Path) -> 
             if ends == "finish":
                 assert store.finish(task_id, 1, OWNER)
             else:
-                assert store.park(task_id, 1, OWNER, Status.WAITING)
+                assert store.park(task_id, 1, OWNER, Status.WAITING, resend_after=60.0)
                 assert store.takeover(task_id, 2, "", OWNER, 1) is not None
         store.heartbeat(OWNER, 30.0)
         # The steward's sweep and the resume scan, each run over every checkpoint.

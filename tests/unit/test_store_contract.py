@@ -250,6 +250,61 @@ def test_a_reenqueued_checkpoint_is_sent_again_only_after_its_grace_and_not_as_a
     assert again.record.fence > claimed.record.fence
 
 
+def test_a_waiting_checkpoint_is_sent_again_only_once_its_retry_is_overdue_and_not_as_a_resume(
+    store: CheckpointStore,
+) -> None:
+    store.register(W1, 30)
+    store.register(W2, 30)
+    store.create("pending", _new(W1))
+    assert store.park("pending", 1, W1, Status.WAITING, resend_after=60)
+    store.create("lost", _new(W1, b'{"i": 7}'))
+    assert store.update("lost", 1, _state(b'{"i": 8}'), 0.8, time.time()) == 2
+    assert store.park("lost", 1, W1, Status.WAITING, resend_after=0)
+    assert [(c.task_id, c.owner) for c in store.interrupted()] == [("lost", "")]
+    assert store.claim("pending", "", W2, 5, queued_grace=0).outcome is ClaimOutcome.GONE
+    assert store.claim("lost", "", W2, 5).outcome is ClaimOutcome.GONE, "no re-send when re-sends are off"
+    claimed = store.claim("lost", "", W2, 5, queued_grace=300)
+    assert claimed.outcome is ClaimOutcome.CLAIMED and claimed.record is not None
+    record = claimed.record
+    assert (record.status, record.owner, record.resume_count) == (Status.QUEUED, W2, 0)
+    assert record.state.payload == b'{"i": 8}' and record.saves == 2
+    assert store.claim("lost", "", W1, 5, queued_grace=300).outcome is ClaimOutcome.GONE, "claimed once"
+    assert store.interrupted() == [], "a claimed one is its claimer's; the pending one is not due"
+
+
+def test_a_retry_that_starts_or_is_purged_leaves_nothing_to_send_again(store: CheckpointStore) -> None:
+    store.register(W1, 30)
+    for task_id in ("started", "purged"):
+        store.create(task_id, _new(W1))
+        assert store.park(task_id, 1, W1, Status.WAITING, resend_after=0)
+    assert store.takeover("started", 2, "", W1, 1) is not None
+    assert store.delete("purged")
+    assert store.interrupted() == []
+    assert store.claim("started", "", W2, 5, queued_grace=0).outcome is ClaimOutcome.GONE
+    record = store.get("started")
+    assert record is not None and record.status is Status.RUNNING and record.owner == W1
+    assert store.park("started", record.fence, W1, Status.WAITING)  # no resend_after: never
+    assert store.interrupted() == []
+
+
+def test_an_overdue_retry_is_claimed_exactly_once_under_contention(store: CheckpointStore) -> None:
+    store.create("t1", _new(W1))
+    assert store.park("t1", 1, W1, Status.WAITING, resend_after=0)
+    outcomes: list[ClaimOutcome] = []
+    barrier = threading.Barrier(8)
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        outcomes.append(store.claim("t1", "", worker_id(f"c{n}@h", "x"), 5, queued_grace=300).outcome)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o.value for o in outcomes) == ["claimed"] + ["gone"] * 7
+
+
 def test_a_plugin_store_missing_protocol_methods_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     import celery_checkpoint.stores as stores
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.app.task import Context
+from celery.app.trace import build_tracer
 from celery.exceptions import Retry
 
 from celery_checkpoint import CheckpointTask, NullCheckpointer
@@ -258,3 +260,40 @@ def test_a_store_error_with_no_retries_left_fails_without_waiting(monkeypatch: p
         _run_as_a_worker(work, retries=1)
 
     assert slept == []
+
+
+@pytest.mark.parametrize(("when", "due_in"), [("countdown", 30.0), ("eta", 3600.0)])
+def test_a_retry_is_sent_again_only_if_it_has_not_started_well_after_it_was_due(
+    when: str, due_in: float
+) -> None:
+    """Past its due time plus ``checkpoint_requeue_after``, the retry message is taken for lost."""
+    url = f"memory://{uuid.uuid4().hex}"
+    app = make_app(
+        task_default_queue=f"q{uuid.uuid4().hex[:6]}",
+        checkpoint_store_url=url,
+        checkpoint_throttle=0,
+        checkpoint_requeue_after=120,
+    )
+    app.conf.task_always_eager = False
+
+    @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
+    def work(self: CheckpointTask, checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+        if when == "countdown":
+            raise self.retry(countdown=due_in)
+        raise self.retry(
+            eta=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=due_in)
+        )
+
+    trace = build_tracer(work.name, work, app=app, eager=False)
+    before = time.time()
+    request = {
+        "id": "t1",
+        "hostname": "w1@h",
+        "delivery_info": {"exchange": "", "routing_key": app.conf.task_default_queue},
+    }
+    trace("t1", [], {}, request)
+    record = open_store(url).get("t1")
+    assert record is not None and record.status.value == "waiting" and record.owner == ""
+    assert record.resend_at is not None
+    assert before + due_in + 120 - 1 <= record.resend_at <= time.time() + due_in + 120
