@@ -22,6 +22,7 @@ from typing import Any
 
 from .alarm import MIN_WINDOW, alarm
 from .errors import (
+    CheckpointError,
     CheckpointHandoff,
     CheckpointOwnershipLost,
     CheckpointStoreError,
@@ -75,7 +76,7 @@ class NullCheckpointer:
 
     def fail(self, exc: BaseException | None = None) -> None: ...
 
-    def suspend(self, resend_after: float | None = None) -> None: ...
+    def suspend(self, resend_after: float | None = None, call: Any = None) -> None: ...
 
     def release(self) -> None: ...
 
@@ -397,15 +398,30 @@ class Checkpointer:
             self.store.finish(self.task_id, self._fence, self.owner)
         self._fence = 0
 
-    def suspend(self, resend_after: float | None = None) -> None:
+    def suspend(self, resend_after: float | None = None, call: Any = None) -> None:
         """The run asked Celery to retry: keep the checkpoint for the retried run.
 
-        If no delivery has taken it over ``resend_after`` seconds from now,
-        the retry message was lost, and a worker's scan sends the call again.
+        ``call`` (the retry's, see :func:`~celery_checkpoint.envelope.envelope_from_retry`)
+        replaces the recorded call, so what is sent again later is the retry.
+        If no delivery has taken the checkpoint over ``resend_after`` seconds
+        from now, the retry message was lost, and a worker's scan sends it again.
         """
-        if self._fence:
-            self.store.park(self.task_id, self._fence, self.owner, Status.WAITING, resend_after)
-            self._fence = 0
+        if not self._fence:
+            return
+        envelope = None
+        if call is not None:
+            try:
+                envelope = encode(
+                    call,
+                    self.serializer,
+                    what="retry's call",
+                    task_id=self.task_id,
+                    limit=self.max_state_bytes,
+                )
+            except CheckpointError as exc:  # keep the call recorded at the first save
+                logger.warning("task %s: the retry's call is not recorded: %s", self.task_id, exc)
+        self.store.park(self.task_id, self._fence, self.owner, Status.WAITING, resend_after, envelope)
+        self._fence = 0
 
     def release(self) -> None:
         """Hand the checkpoint off to be resumed at once (shutdown handoff)."""

@@ -26,7 +26,7 @@ from celery.worker.request import Request
 
 from .checkpointer import Checkpointer, NullCheckpointer
 from .config import CheckpointConfig
-from .envelope import FENCE_HEADER, FRESH_HEADER, envelope_from_request
+from .envelope import FENCE_HEADER, FRESH_HEADER, envelope_from_request, envelope_from_retry
 from .errors import CheckpointError, CheckpointStoreError, DuplicateRun
 from .events import persist_hook
 from .ownership import Handover
@@ -267,11 +267,14 @@ class CheckpointTask(Task):  # type: ignore[misc]
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         # If the retry has not started checkpoint_requeue_after seconds after
-        # it was due, its message was lost (kombu can lose an ETA message's
-        # neighbour to a SIGKILL; README): a worker's scan sends the call again.
-        due_in = self._retry_due_in(_retry_of(einfo))
-        resend_after = due_in + self.checkpoint_config.requeue_after
-        self._settle(task_id, lambda handle: handle.suspend(resend_after))
+        # it was due, its message was lost (kombu can lose a message to a
+        # SIGKILL; README): a worker's scan sends it again. The retry's own
+        # call (its args, routing and retries count) is what a re-send, or a
+        # resume of the retried run, sends from now on.
+        retry = _retry_of(einfo)
+        resend_after = self._retry_due_in(retry) + self.checkpoint_config.requeue_after
+        call = None if retry is None or retry.sig is None else envelope_from_retry(retry.sig, task_id)
+        self._settle(task_id, lambda handle: handle.suspend(resend_after, call))
 
     def _retry_due_in(self, retry: Retry | None) -> float:
         """Seconds until the retry Celery just sent is due (its ``countdown`` or ``eta``)."""

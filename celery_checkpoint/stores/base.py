@@ -114,7 +114,13 @@ class CheckpointStore(Protocol):
         ...
 
     def park(
-        self, task_id: str, fence: int, owner: str, status: Status, resend_after: float | None = None
+        self,
+        task_id: str,
+        fence: int,
+        owner: str,
+        status: Status,
+        resend_after: float | None = None,
+        call: EncodedState | None = None,
     ) -> bool:
         """Leave the record with no owner, as ``waiting`` (a retry), ``released``
         (a handoff, resumed by the next scan), ``queued`` (its message is in
@@ -123,6 +129,7 @@ class CheckpointStore(Protocol):
         ``resend_after`` (``waiting`` only): seconds after which a record that
         no delivery has taken over is listed by ``interrupted`` and may be
         claimed, because its retry message was lost; ``None``: never.
+        ``call``: a new recorded call (the retry's) to send from now on.
         """
         ...
 

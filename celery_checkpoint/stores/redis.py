@@ -360,8 +360,15 @@ class RedisStore:
         ]
 
     def park(
-        self, task_id: str, fence: int, owner: str, status: Status, resend_after: float | None = None
+        self,
+        task_id: str,
+        fence: int,
+        owner: str,
+        status: Status,
+        resend_after: float | None = None,
+        call: EncodedState | None = None,
     ) -> bool:
+        new_call: tuple[bytes | str, str, str] = ("", "", "") if call is None else call
         return bool(
             self._call(
                 "park",
@@ -374,12 +381,14 @@ class RedisStore:
                         self.save_key(task_id, fence),
                         self.save_key(task_id, fence + 1),
                         self.waiting_key,
+                        self.call_key(task_id),
                     ],
                     args=[
                         task_id,
                         fence,
                         status.value,
                         "" if resend_after is None else int(resend_after * 1000),
+                        *new_call,
                     ],
                 ),
             )

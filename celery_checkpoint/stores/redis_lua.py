@@ -128,13 +128,15 @@ return 1
 """
 
 # KEYS[1] record, KEYS[2] owner's set, KEYS[3] unowned set,
-# KEYS[4] save at the fence, KEYS[5] save at the next one, KEYS[6] waiting index
+# KEYS[4] save at the fence, KEYS[5] save at the next one, KEYS[6] waiting index,
+# KEYS[7] call
 # ARGV[1] task id, ARGV[2] fence, ARGV[3] new status
 #   ('waiting' | 'released' | 'queued' | 'poisoned'); a parked record has no owner.
 #   Released and queued records join the unowned set the scan reads.
 # ARGV[4] (waiting) ms after which the record may be re-sent ('' = never):
 #   it joins the waiting index, scored with that time, which the scan reads
 #   up to now, so pending retries cost the scan nothing until they are overdue.
+# ARGV[5..7] a new recorded call and its ectype/ecenc ('' = keep the recorded one)
 # -> 1 when parked, 0 when fenced out
 PARK = (
     NOW_MS
@@ -158,6 +160,11 @@ if ARGV[3] == 'waiting' and ARGV[4] ~= '' then
 else
   redis.call('HDEL', KEYS[1], 'resend_at')
   redis.call('ZREM', KEYS[6], ARGV[1])
+end
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[7], ARGV[5])
+  redis.call('HSET', KEYS[1], 'ectype', ARGV[6], 'ecenc', ARGV[7])
+  redis.call('HDEL', KEYS[1], 'env')
 end
 return 1
 """

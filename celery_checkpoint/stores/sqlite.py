@@ -341,15 +341,27 @@ class SQLiteStore:
         return True
 
     def park(
-        self, task_id: str, fence: int, owner: str, status: Status, resend_after: float | None = None
+        self,
+        task_id: str,
+        fence: int,
+        owner: str,
+        status: Status,
+        resend_after: float | None = None,
+        call: EncodedState | None = None,
     ) -> bool:
         now = time.time()
         resend_at = now + resend_after if status is Status.WAITING and resend_after is not None else None
+        sql = (
+            "UPDATE checkpoints SET status = ?, owner = '', pid = 0, fence = fence + 1, "
+            "parked_at = ?, resend_at = ?"
+        )
+        params: tuple[Any, ...] = (status.value, now, resend_at)
+        if call is not None:
+            sql += ", envelope = ?, envelope_type = ?, envelope_encoding = ?"
+            params += tuple(call)
         with self._errors("park", task_id):
             cur = self._connection().execute(
-                "UPDATE checkpoints SET status = ?, owner = '', pid = 0, fence = fence + 1, parked_at = ?, "
-                "resend_at = ? WHERE task_id = ? AND fence = ?",
-                (status.value, now, resend_at, task_id, fence),
+                f"{sql} WHERE task_id = ? AND fence = ?", (*params, task_id, fence)
             )
         self._saves.pop(task_id, None)
         return cur.rowcount == 1

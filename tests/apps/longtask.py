@@ -91,19 +91,15 @@ def count_to(self, n, step_seconds=0.05, checkpoint=None):
 
 
 @app.task(base=CheckpointTask, bind=True, max_retries=3)
-def flaky(self, n, fail_at, retry_queue=None, checkpoint=None):
-    """Retries itself once at fail_at; the retried run must continue from there.
-
-    ``retry_queue``: send the retry there instead (a queue no worker reads
-    loses it, as kombu can lose a message to a SIGKILL).
-    """
+def flaky(self, n, fail_at, retry_countdown=0.1, checkpoint=None):
+    """Retries itself once at fail_at; the retried run must continue from there."""
     state = checkpoint.load() or {"i": 0}
     note(self.request.id, "start", i=state["i"], retries=self.request.retries)
     for i in range(state["i"], n):
         state = {"i": i + 1}
         checkpoint.save(state, force=True)
         if i + 1 == fail_at and self.request.retries == 0:
-            raise self.retry(countdown=0.1, queue=retry_queue)
+            raise self.retry(countdown=retry_countdown)
     return state["i"]
 
 

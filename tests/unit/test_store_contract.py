@@ -287,6 +287,20 @@ def test_a_retry_that_starts_or_is_purged_leaves_nothing_to_send_again(store: Ch
     assert store.interrupted() == []
 
 
+def test_a_retry_can_record_its_own_call_in_place_of_the_first(store: CheckpointStore) -> None:
+    store.create("t1", _new(W1))
+    retry_call = _state(b'{"args": [2], "kwargs": {}, "options": {"retries": 1}}')
+    assert store.park("t1", 1, W1, Status.WAITING, resend_after=0, call=retry_call)
+    record = store.get("t1")
+    assert record is not None and record.envelope == retry_call
+    assert store.get_many(["t1"])[0] == record
+    taken = store.takeover("t1", 2, "", W2, 1)
+    assert taken is not None and taken.envelope == retry_call
+    assert store.park("t1", taken.fence, W2, Status.WAITING, resend_after=0)
+    kept = store.get("t1")
+    assert kept is not None and kept.envelope == retry_call, "no new call: the recorded one stays"
+
+
 def test_an_overdue_retry_is_claimed_exactly_once_under_contention(store: CheckpointStore) -> None:
     store.create("t1", _new(W1))
     assert store.park("t1", 1, W1, Status.WAITING, resend_after=0)

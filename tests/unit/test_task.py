@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import json
 import time
 import uuid
 import weakref
@@ -277,10 +278,10 @@ def test_a_retry_is_sent_again_only_if_it_has_not_started_well_after_it_was_due(
     app.conf.task_always_eager = False
 
     @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
-    def work(self: CheckpointTask, checkpoint: Any) -> None:
+    def work(self: CheckpointTask, n: int, checkpoint: Any) -> None:
         checkpoint.save({"i": 1})
         if when == "countdown":
-            raise self.retry(countdown=due_in)
+            raise self.retry(args=[n + 1], countdown=due_in, queue="later")
         raise self.retry(
             eta=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=due_in)
         )
@@ -292,8 +293,16 @@ def test_a_retry_is_sent_again_only_if_it_has_not_started_well_after_it_was_due(
         "hostname": "w1@h",
         "delivery_info": {"exchange": "", "routing_key": app.conf.task_default_queue},
     }
-    trace("t1", [], {}, request)
+    trace("t1", [1], {}, request)
     record = open_store(url).get("t1")
     assert record is not None and record.status.value == "waiting" and record.owner == ""
     assert record.resend_at is not None
     assert before + due_in + 120 - 1 <= record.resend_at <= time.time() + due_in + 120
+    call = json.loads(record.envelope.payload)
+    assert call["options"]["retries"] == 1 and call["options"]["task_id"] == "t1"
+    assert "eta" not in call["options"] and "countdown" not in call["options"], "sent again due at once"
+    assert FENCE_HEADER not in (call["options"].get("headers") or {})
+    if when == "countdown":
+        assert call["args"] == [2] and call["options"]["queue"] == "later", "the retry's args and routing"
+    else:
+        assert call["args"] == [1]
