@@ -177,8 +177,8 @@ class Resumer:
         self.store.park(task_id, claim.record.fence, self.claimer, Status.QUEUED)
         if record.status is Status.WAITING:
             logger.warning(
-                "task %s (%s): its retry had not started by %s, so its message was lost; "
-                "sent its call again from its checkpoint (save %d)",
+                "task %s (%s): its retry had not started by %s, so its message is taken for lost; "
+                "sent the retry again from its checkpoint (save %d)",
                 task_id,
                 record.task_name,
                 _iso(record.resend_at),

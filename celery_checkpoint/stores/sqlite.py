@@ -77,9 +77,10 @@ CREATE INDEX IF NOT EXISTS done_by_expiry ON done (expires);
 ADDED_COLUMNS = {"resend_at": "REAL"}
 # Indexes on added columns, created once the columns exist. The scan reads the
 # overdue waiting records only, not every pending retry.
-LATE_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS checkpoints_waiting ON checkpoints (resend_at) WHERE status = 'waiting'",
-)
+LATE_INDEXES = {
+    "checkpoints_waiting": "CREATE INDEX IF NOT EXISTS checkpoints_waiting "
+    "ON checkpoints (resend_at) WHERE status = 'waiting'",
+}
 
 COLUMNS = (
     "task_id, task_name, status, owner, pid, fence, saves, resume_count, progress, saved_at, "
@@ -127,16 +128,20 @@ class SQLiteStore:
     def _add_missing_columns(self) -> None:
         """Bring a file written by an older version up to this schema.
 
-        In a write transaction, so two processes opening the same old file
-        at once do not both add a column.
+        An up-to-date file is only read (a reader without write access can
+        still open it). Otherwise in a write transaction, which looks again,
+        so two processes opening the same old file do not both add a column.
         """
+        with self._errors("read the schema of"):
+            columns, indexes = _missing_schema(self._connection())
+        if not columns and not indexes:
+            return
         with self._transaction("upgrade the schema of") as conn:
-            present = {row[1] for row in conn.execute("PRAGMA table_info(checkpoints)")}
-            for name, definition in ADDED_COLUMNS.items():
-                if name not in present:
-                    conn.execute(f"ALTER TABLE checkpoints ADD COLUMN {name} {definition}")
-            for statement in LATE_INDEXES:
-                conn.execute(statement)
+            columns, indexes = _missing_schema(conn)
+            for name in columns:
+                conn.execute(f"ALTER TABLE checkpoints ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+            for name in indexes:
+                conn.execute(LATE_INDEXES[name])
 
     # -- connections -------------------------------------------------------
 
@@ -557,6 +562,13 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # absent where there is no fork (Windows)
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _missing_schema(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+    """The added columns and late indexes this file lacks."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(checkpoints)")}
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    return [c for c in ADDED_COLUMNS if c not in columns], [i for i in LATE_INDEXES if i not in indexes]
 
 
 def _remember_owner(conn: sqlite3.Connection, owner: str) -> None:

@@ -44,3 +44,22 @@ def test_an_older_file_gains_the_resend_column_and_keeps_its_checkpoint(tmp_path
     again = SQLiteStore(str(path))  # opening an up-to-date file changes nothing
     assert [c.task_id for c in again.interrupted()] == ["old-retry"]
     again.close()
+
+
+def test_an_up_to_date_file_opens_without_writing(tmp_path: Path) -> None:
+    """Opening is a read: it succeeds while another process holds the write lock."""
+    path = tmp_path / "checkpoints.db"
+    SQLiteStore(str(path)).close()
+
+    class Impatient(SQLiteStore):
+        busy_timeout_ms = 100
+
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        store = Impatient(str(path))
+        assert store.get("anything") is None
+        store.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
