@@ -8,6 +8,7 @@ kombu work unchanged. ``pickle`` is accepted only when the user opts in.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import functools
 import logging
@@ -125,6 +126,11 @@ WORKER_ID_SEPARATOR = "|"
 def worker_id(hostname: str, incarnation: str) -> str:
     """Name one start of one worker: node name plus a random incarnation."""
     return f"{hostname}{WORKER_ID_SEPARATOR}{incarnation}"
+
+
+def iso_utc(timestamp: float) -> str:
+    """A record's wall-clock time as operators read it (logs, the CLI)."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def worker_host(owner: str) -> str:

@@ -12,7 +12,6 @@ once per process and left in place.
 
 from __future__ import annotations
 
-import datetime
 import enum
 import logging
 from collections.abc import Container
@@ -23,7 +22,7 @@ from celery.states import READY_STATES
 
 from .envelope import parse_envelope
 from .errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
-from .record import CheckpointRecord, Status, accepted_content_types, decode
+from .record import CheckpointRecord, Status, accepted_content_types, decode, iso_utc
 from .stores.base import Candidate, CheckpointStore, ClaimOutcome, CorruptEntry
 
 logger = logging.getLogger(__name__)
@@ -181,7 +180,7 @@ class Resumer:
                 "sent the retry again from its checkpoint (save %d)",
                 task_id,
                 record.task_name,
-                _iso(record.resend_at),
+                "its resend time" if record.resend_at is None else iso_utc(record.resend_at),
                 claim.record.saves,
             )
             return Outcome.RESUMED
@@ -215,12 +214,6 @@ class Resumer:
                 problem,
             )
         return Outcome.BAD
-
-
-def _iso(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "its resend time"
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _result_is_final(task: Any, task_id: str) -> bool:

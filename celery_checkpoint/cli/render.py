@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Any
 
 from ..errors import CorruptCheckpoint
-from ..record import CheckpointRecord, EncodedState, decode
+from ..record import CheckpointRecord, EncodedState, decode, iso_utc
 from .states import Entry
 
 PREVIEW_BYTES = 120
@@ -46,7 +46,7 @@ def as_dict(entry: Entry) -> dict[str, Any]:
         values.update(
             entry.record.metadata(),
             owner_id=entry.record.owner,
-            saved_at_iso=_iso(entry.record.saved_at),
+            saved_at_iso=iso_utc(entry.record.saved_at),
             resend_at=entry.record.resend_at,
         )
     return {name: values.get(name) for name in JSON_FIELDS}
@@ -63,10 +63,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return repr(value)
     return str(value)
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def _age(timestamp: float, now: float) -> str:
@@ -156,12 +152,12 @@ def render_detail(detail: dict[str, Any]) -> str:
         ("resume count", detail["resume_count"]),
         ("progress", _percent(detail["progress"])),
         ("last saved", f"{detail['saved_at_iso']} ({_age(detail['saved_at'], time.time())})"),
-        ("created", _iso(detail["created_at"])),
+        ("created", iso_utc(detail["created_at"])),
         ("size", f"{detail['size']} bytes"),
     ]
     if detail.get("resend_at") is not None:
         # a waiting checkpoint: when a worker gives up on its retry message
-        fields.append(("sent again", f"{_iso(detail['resend_at'])} if its retry has not started"))
+        fields.append(("sent again", f"{iso_utc(detail['resend_at'])} if its retry has not started"))
     lines = [f"Checkpoint {detail['task_id']}", *(f"  {name + ':':<14}{value}" for name, value in fields)]
     lines += ["Call (args, kwargs, options):", *_indented(detail["call"], detail["call_error"])]
     lines += ["Saved state:", *_indented(detail["saved_state"], detail["saved_state_error"])]

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 import click
 
 from ..errors import CheckpointStoreError
-from ..record import worker_id
+from ..record import iso_utc, worker_id
 from ..resume import Outcome, Resumer
 from ..resume import logger as resume_logger
 from ..stores.base import Candidate
@@ -61,13 +61,19 @@ def _resumable(session: Session, task_id: str) -> Candidate:
         "running": f"task {task_id} is running on a live worker ({record.owner_host}); not resumed",
         "queued": f"task {task_id} is already queued to resume; not resumed again",
         "waiting": f"task {task_id} is waiting for its Celery retry (its message is in the broker); "
-        "not resumed",
+        f"not resumed{_resend_note(record.resend_at)}",
         "poisoned": f"task {task_id} is poisoned (interrupted too many times); not resumed. "
         f"Inspect it with `celery checkpoint show {task_id}`, then purge it",
     }.get(entry.state)
     if refusal:
         raise Refused(refusal)
     return Candidate(task_id, record.owner)
+
+
+def _resend_note(resend_at: float | None) -> str:
+    if resend_at is None:
+        return ""
+    return f". A worker sends the retry again at {iso_utc(resend_at)} if it has not started by then"
 
 
 def _resume_all(session: Session, candidates: list[Candidate]) -> dict[str, Outcome]:

@@ -228,7 +228,7 @@ def test_show_prints_metadata_call_and_decoded_state(every_state: dict[str, str]
     assert '"total": 6' in text and '"task_id": "' + task_id + '"' in text
 
 
-def test_show_says_when_a_waiting_checkpoint_is_sent_again(store: CheckpointStore) -> None:
+def test_show_and_resume_say_when_a_waiting_checkpoint_is_sent_again(store: CheckpointStore) -> None:
     task_id, fence = put(store, {"i": 5}, owner=LIVE)
     before = time.time()
     assert store.park(task_id, fence, LIVE, Status.WAITING, resend_after=600)
@@ -236,6 +236,9 @@ def test_show_says_when_a_waiting_checkpoint_is_sent_again(store: CheckpointStor
     assert detail["state"] == "waiting"
     assert before + 600 <= detail["resend_at"] <= time.time() + 600
     assert "if its retry has not started" in cli("show", task_id).stdout
+    refused = cli("resume", task_id)
+    assert refused.exit_code != 0 and "A worker sends the retry again at 20" in refused.stderr
+    assert published() == {}, "nothing was sent"
 
 
 @pytest.mark.parametrize(
