@@ -8,9 +8,14 @@ never mixes with anything else in the same Redis database.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from celery import Celery
+
+#: Makes a bench worker process (main or pool) print every thread's stack to
+#: its log (``faulthandler``), so a stalled run can say where it stands.
+STACKS_SIGNAL = signal.SIGRTMIN + 3
 
 PLAIN_NOOP = "bench.plain_noop"
 PLAIN_NOOP_LATE = "bench.plain_noop_late"

@@ -37,6 +37,7 @@ from .apps import (
     PLAIN_NOOP,
     PLAIN_SET_DELETE,
     PLAIN_SET_DELETE_LATE,
+    STACKS_SIGNAL,
     make_app,
 )
 from .common import ROOT, Context
@@ -60,6 +61,11 @@ FLOOR = Variant("plain-set-delete-late", PLAIN_SET_DELETE_LATE, checkpoint=False
 
 #: Plain tasks that write to Redis by hand: their worker gets the store's URL.
 _STORING = (PLAIN_SET_DELETE, PLAIN_SET_DELETE_LATE)
+
+#: Seconds without one message leaving the queue or the unacked set before a
+#: run counts as stalled. A run drains ~1,000 tasks a second; nothing it
+#: does legitimately pauses for this long.
+STALL_AFTER = 30.0
 
 
 class WorkerProcess:
@@ -105,8 +111,29 @@ class WorkerProcess:
         except OSError:
             return []
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+    def output(self, limit: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-limit:] if self.log.exists() else ""
+
+    def stacks(self) -> str:
+        """Every thread's stack in the main and pool processes, and the log around them.
+
+        For a stalled run: which process waits, and on what. The processes
+        print their stacks to the log (``faulthandler``, see ``worker_app``).
+        """
+        states = []
+        for pid in [self.proc.pid, *self.pool()]:
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    state = handle.read().rsplit(")", 1)[1].split()[0]
+                with open(f"/proc/{pid}/wchan") as handle:
+                    wchan = handle.read().strip()
+                os.kill(pid, STACKS_SIGNAL)
+            except OSError as exc:
+                states.append(f"pid {pid}: {exc}")
+                continue
+            states.append(f"pid {pid}: state {state}, kernel wait {wchan or '-'}")
+        time.sleep(1.0)
+        return "\n".join(states) + "\n" + self.output(limit=30_000)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -276,13 +303,15 @@ class Runner:
         while True:
             if int(self.client.llen(qkey)) < self.n:
                 return time.perf_counter()
-            if worker.exited() or time.monotonic() > deadline:
-                raise RuntimeError(f"worker never consumed its queue:\n{worker.output()}")
+            if worker.exited():
+                raise RuntimeError(f"worker exited before it consumed its queue:\n{worker.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker never consumed its queue:\n{worker.stacks()}")
             time.sleep(0.002)
 
     def _drained(self, worker: WorkerProcess, qkey: str, ukey: str) -> float:
-        deadline = time.monotonic() + 600
         near_end = max(50, self.n // 30)
+        last_left, last_moved = -1, time.monotonic()
         while True:
             pipe = self.client.pipeline(transaction=False)
             pipe.llen(qkey)
@@ -290,9 +319,17 @@ class Runner:
             waiting, unacked = (int(v) for v in pipe.execute())
             if waiting == 0 and unacked == 0:
                 return time.perf_counter()
-            if worker.exited() or time.monotonic() > deadline:
+            if worker.exited():
                 raise RuntimeError(
-                    f"worker stopped with {waiting} queued, {unacked} unacked:\n{worker.output()}"
+                    f"worker exited with {waiting} queued, {unacked} unacked:\n{worker.output()}"
+                )
+            now = time.monotonic()
+            if waiting + unacked != last_left:
+                last_left, last_moved = waiting + unacked, now
+            elif now - last_moved > STALL_AFTER:
+                raise RuntimeError(
+                    f"run stalled: {waiting} queued, {unacked} unacked, unchanged for "
+                    f"{STALL_AFTER:.0f} s; the worker's processes and log:\n{worker.stacks()}"
                 )
             time.sleep(0.002 if waiting + unacked <= near_end else 0.05)
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 
-from .apps import make_app
+from .apps import STACKS_SIGNAL, make_app
+
+# Registered before the pool forks, so the pool processes inherit it; it
+# writes to file descriptor 2, the worker's log.
+faulthandler.register(STACKS_SIGNAL, all_threads=True)
 
 app = make_app(
     os.environ["BENCH_BROKER_URL"],

@@ -34,7 +34,8 @@ def run_bench(*args: str, timeout: float = 240) -> str:
         text=True,
         timeout=timeout,
     )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    # A stalled worker run puts its processes' stacks in stderr: keep them.
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-40000:]}"
     return proc.stdout
 
 
