@@ -48,8 +48,8 @@ VARIANTS = {
 
 
 class VariantRunner(Runner):
-    def env(self, variant: Variant, queue: str, store_prefix: str) -> dict[str, str]:
-        env = super().env(variant, queue, store_prefix)
+    def env(self, variant: Variant, keyprefix: str, queue: str, store_prefix: str) -> dict[str, str]:
+        env = super().env(variant, keyprefix, queue, store_prefix)
         if variant.name.endswith("-nostore"):
             env["BENCH_STORE_URL"] = ""
         return env

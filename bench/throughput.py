@@ -68,6 +68,10 @@ _STORING = (PLAIN_SET_DELETE, PLAIN_SET_DELETE_LATE)
 STALL_AFTER = 30.0
 
 
+class RunStalled(RuntimeError):
+    """A worker run that stopped draining its queue (the message has its stacks)."""
+
+
 class WorkerProcess:
     """A ``celery worker`` of this run, stopped by its pid."""
 
@@ -205,10 +209,15 @@ class Runner:
     def __init__(self, ctx: Context, n: int) -> None:
         self.ctx = ctx
         self.n = n
+        #: Each run's broker keys go under ``<keyprefix><run>:``: its own queue and,
+        #: above all, its own unacked hash, which the drain watches. Shared, a
+        #: message a stopped worker left unacked made every later run wait on it.
         self.keyprefix = f"{ctx.namespace}:broker:"
         self.client = ctx.client()
         self.runs = 0
         self.saved: list[int] = []
+        #: One line per run that stalled and was run again.
+        self.stalls: list[str] = []
         #: Variant name -> CPU per task of each of its runs (Linux /proc only).
         self.cpu: dict[str, list[CpuPerTask]] = {}
 
@@ -221,13 +230,13 @@ class Runner:
             waiting_seconds(worker.proc.pid),
         )
 
-    def env(self, variant: Variant, queue: str, store_prefix: str) -> dict[str, str]:
+    def env(self, variant: Variant, keyprefix: str, queue: str, store_prefix: str) -> dict[str, str]:
         env = dict(os.environ)
         stores = variant.checkpoint or variant.task in _STORING
         env.update(
             {
                 "BENCH_BROKER_URL": self.ctx.redis_url,
-                "BENCH_KEYPREFIX": self.keyprefix,
+                "BENCH_KEYPREFIX": keyprefix,
                 "BENCH_QUEUE": queue,
                 "BENCH_CHECKPOINT": "1" if variant.checkpoint else "0",
                 "BENCH_STORE_URL": self.ctx.redis_url if stores else "",
@@ -238,12 +247,28 @@ class Runner:
         return env
 
     def once(self, variant: Variant) -> float:
+        """One timed run; a run that stalls is reported and run again, once.
+
+        A stall is not a slow run: its tasks/s would be meaningless. It is
+        reported in full (stderr) and counted in the figure's notes; a
+        second stall in a row ends the benchmark.
+        """
+        try:
+            return self._run(variant)
+        except RunStalled as exc:
+            self.ctx.log(f"   {variant.name}: {exc}")
+            self.stalls.append(f"{variant.name} (run {self.runs})")
+            self.ctx.log(f"   {variant.name}: run again after a stall")
+            return self._run(variant)
+
+    def _run(self, variant: Variant) -> float:
         self.runs += 1
+        keyprefix = f"{self.keyprefix}{self.runs}:"
         queue = f"tp-{variant.name}-{self.runs}"
         store_prefix = f"{self.ctx.namespace}:tp{self.runs}:"
         app = make_app(
             self.ctx.redis_url,
-            keyprefix=self.keyprefix,
+            keyprefix=keyprefix,
             queue=queue,
             checkpoint=variant.checkpoint,
             store_url=self.ctx.redis_url if variant.checkpoint else None,
@@ -253,14 +278,17 @@ class Runner:
         with app.producer_or_acquire() as producer:
             for _ in range(self.n):
                 task.apply_async(producer=producer)
-        qkey, ukey = self.keyprefix + queue, self.keyprefix + "unacked"
+        qkey, ukey = keyprefix + queue, keyprefix + "unacked"
         queued = int(self.client.llen(qkey))
         if queued != self.n:
             raise RuntimeError(f"{queued} messages in {qkey}, expected {self.n}")
 
         name = f"bench-{variant.name}-{self.runs}"
         worker = WorkerProcess(
-            self.env(variant, queue, store_prefix), name, queue, self.ctx.workdir / "logs" / f"{name}.log"
+            self.env(variant, keyprefix, queue, store_prefix),
+            name,
+            queue,
+            self.ctx.workdir / "logs" / f"{name}.log",
         )
         try:
             t0 = self._first_taken(worker, qkey)
@@ -271,6 +299,13 @@ class Runner:
         finally:
             worker.stop()
             app.close()
+        left_queued, left_unacked = int(self.client.llen(qkey)), int(self.client.hlen(ukey))
+        if left_queued or left_unacked:
+            # Messages the worker took after the drain looked complete (popped,
+            # not yet recorded as unacked) and did not finish or give back.
+            self.ctx.log(
+                f"   run {self.runs}: {left_queued} queued, {left_unacked} unacked after its worker stopped"
+            )
         if variant is SAVE:
             # Each run saved and completed: a "done" marker per task, no record left.
             done = sum(1 for _ in self.client.scan_iter(match=f"{store_prefix}done:*", count=5000))
@@ -279,6 +314,7 @@ class Runner:
                 raise RuntimeError(f"{variant.name}: {done} tasks completed a checkpoint, {left} left over")
             self.saved.append(done)
         self.ctx.forget_keys(f"{store_prefix}*")
+        self.ctx.forget_keys(f"{keyprefix}*")
         rate = self.n / (t1 - t0)
         self.ctx.log(f"   {variant.name:16s} {rate:7.1f} tasks/s")
         return rate
@@ -306,7 +342,7 @@ class Runner:
             if worker.exited():
                 raise RuntimeError(f"worker exited before it consumed its queue:\n{worker.output()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"worker never consumed its queue:\n{worker.stacks()}")
+                raise RunStalled(f"worker never consumed its queue:\n{worker.stacks()}")
             time.sleep(0.002)
 
     def _drained(self, worker: WorkerProcess, qkey: str, ukey: str) -> float:
@@ -327,7 +363,7 @@ class Runner:
             if waiting + unacked != last_left:
                 last_left, last_moved = waiting + unacked, now
             elif now - last_moved > STALL_AFTER:
-                raise RuntimeError(
+                raise RunStalled(
                     f"run stalled: {waiting} queued, {unacked} unacked, unchanged for "
                     f"{STALL_AFTER:.0f} s; the worker's processes and log:\n{worker.stacks()}"
                 )
@@ -372,9 +408,11 @@ def throughput(ctx: Context) -> list[Figure]:
     def per_round(variant: Variant) -> float:
         return median([ours / base for ours, base in zip(samples[variant.name], plain, strict=True)])
 
+    stalled = f"; runs that stalled and ran again: {', '.join(runner.stalls)}" if runner.stalls else ""
+
     def info_for(variant: Variant) -> str:
         return (
-            f"{n} tasks per run, {repeats} runs per variant; median of the per-round "
+            f"{n} tasks per run, {repeats} runs per variant{stalled}; median of the per-round "
             f"ratios (each round runs all four back to back): {per_round(variant):.3f}x; CPU per task in us "
             f"(worker main process / pool processes / redis-server, medians): "
             f"{cpu_of(variant)} vs plain {cpu_of(PLAIN)}; main process runnable but without a CPU: "

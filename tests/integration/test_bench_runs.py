@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,10 @@ def run_bench(*args: str, timeout: float = 240) -> str:
     )
     # A stalled worker run puts its processes' stacks in stderr: keep them.
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-40000:]}"
+    if "run again after a stall" in proc.stderr:
+        # The bench ran the stalled run again and went on (a second stall
+        # fails above); say so where CI's summary shows it, stacks included.
+        warnings.warn(f"a benchmark worker run stalled:\n{proc.stderr[-40000:]}", stacklevel=2)
     return proc.stdout
 
 
