@@ -76,6 +76,9 @@ class CheckpointRecord:
     #: ``waiting`` only: when a worker's scan sends the call again if the
     #: retry has not started by then (its message was lost); ``None``: never.
     resend_at: float | None = None
+    #: Times the scan sent the call again because no run had started it since
+    #: the last send; each doubles the wait before the next. A run resets it.
+    resends: int = 0
 
     @property
     def owner_host(self) -> str:

@@ -23,7 +23,7 @@ from celery.states import READY_STATES
 from .envelope import parse_envelope
 from .errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
 from .record import CheckpointRecord, Status, accepted_content_types, decode, iso_utc
-from .stores.base import Candidate, CheckpointStore, ClaimOutcome, CorruptEntry
+from .stores.base import Candidate, CheckpointStore, ClaimOutcome, CorruptEntry, resend_grace
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,16 @@ class Resumer:
                 record.task_name,
                 "its resend time" if record.resend_at is None else iso_utc(record.resend_at),
                 claim.record.saves,
+            )
+            return Outcome.RESUMED
+        if record.status is Status.QUEUED and record.owner == "" and self.queued_grace is not None:
+            logger.warning(
+                "task %s (%s): no run has started it since it was last sent; sent again (%d times "
+                "now); the next re-send, if it is still needed, waits %.0f s. Does a worker read its queue?",
+                task_id,
+                record.task_name,
+                claim.record.resends,
+                resend_grace(self.queued_grace, claim.record.resends),
             )
             return Outcome.RESUMED
         logger.info(

@@ -29,6 +29,7 @@ JSON_FIELDS = (
     "saved_at_iso",
     "created_at",
     "resend_at",
+    "resends",
     "size",
     "reason",
     "key",
@@ -48,6 +49,7 @@ def as_dict(entry: Entry) -> dict[str, Any]:
             owner_id=entry.record.owner,
             saved_at_iso=iso_utc(entry.record.saved_at),
             resend_at=entry.record.resend_at,
+            resends=entry.record.resends,
         )
     return {name: values.get(name) for name in JSON_FIELDS}
 
@@ -158,6 +160,9 @@ def render_detail(detail: dict[str, Any]) -> str:
     if detail.get("resend_at") is not None:
         # a waiting checkpoint: when a worker gives up on its retry message
         fields.append(("sent again", f"{iso_utc(detail['resend_at'])} if its retry has not started"))
+    if detail.get("resends"):
+        # re-enqueued, and no run has started since: is any worker reading its queue?
+        fields.append(("re-sent", f"{detail['resends']} times, no run started since"))
     lines = [f"Checkpoint {detail['task_id']}", *(f"  {name + ':':<14}{value}" for name, value in fields)]
     lines += ["Call (args, kwargs, options):", *_indented(detail["call"], detail["call_error"])]
     lines += ["Saved state:", *_indented(detail["saved_state"], detail["saved_state_error"])]

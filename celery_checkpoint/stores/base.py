@@ -39,6 +39,18 @@ NOTHING = Peek(exists=False, done=False)
 FINISHED = Peek(exists=False, done=True)
 
 
+#: A re-sent record (its message never started) waits twice as long before
+#: each further re-send, up to this many doublings of the grace (64 x: every
+#: ~5 h with the default ``checkpoint_requeue_after``), so a task routed to
+#: a queue no worker reads collects a handful of copies, not one per grace.
+MAX_RESEND_DOUBLINGS = 6
+
+
+def resend_grace(grace: float, resends: int) -> float:
+    """How long an unowned ``queued`` record waits before its next re-send."""
+    return grace * (1 << min(resends, MAX_RESEND_DOUBLINGS))
+
+
 class ClaimOutcome(enum.Enum):
     CLAIMED = "claimed"
     POISONED = "poisoned"

@@ -638,6 +638,7 @@ def _record(task_id: str, fields: dict[str, Any]) -> CheckpointRecord:
                 _text(fields.get("ecenc", b"")),
             ),
             resend_at=float(fields["resend_at"]) / 1000 if fields.get("resend_at") else None,
+            resends=int(fields.get("resends") or 0),
         )
     except (ValueError, TypeError) as exc:
         raise CorruptCheckpoint(f"task {task_id}: checkpoint hash is malformed: {exc}") from exc

@@ -7,7 +7,7 @@ the prefix in ARGV): on Redis Cluster the store needs a key prefix with a hash
 tag, e.g. ``{checkpoint}:``, which puts every key of the store in one slot.
 
 Record hash (``task:<id>``) fields: name status owner pid fence resumes
-created_at ectype ecenc parked_at resend_at: what changes only when a run starts,
+created_at ectype ecenc parked_at resend_at resends: what changes only when a run starts,
 stops or changes hands. The recorded call (the envelope a resume sends) is a
 string of its own (``call:<id>``): it is the one long value of a record, and
 a hash holding a value longer than ``hash-max-listpack-value`` (64 bytes by
@@ -23,6 +23,8 @@ into the Lua VM and out again, ~1.5 ns per byte (~100 us for 64 KB against
 whatever it does. A run that lost its fence writes into a key no one reads.
 Every script that moves the fence renames the save hash along with it.
 """
+
+from .base import MAX_RESEND_DOUBLINGS
 
 NOW_MS = """
 local function now_ms()
@@ -85,6 +87,7 @@ redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'pid', ARGV[4], 'status', 'running')
+redis.call('HDEL', KEYS[1], 'resends')
 move_save(KEYS[6], KEYS[7])
 return with_save(KEYS[1], KEYS[7], KEYS[8], {})
 """
@@ -215,14 +218,18 @@ return out
 # ARGV[7] the record's save hash name without its fence ('<prefix>save:<id>:').
 # Claiming an unowned queued record again is a re-send, not a resume; so is
 # claiming a waiting one past its resend_at (its retry message was lost), which
-# ARGV[6] = '' forbids too. Index entries of records that are not waiting any
-# more are dropped here.
+# ARGV[6] = '' forbids too. Each re-send doubles the grace before the next one
+# (up to 2^MAX_RESEND_DOUBLINGS times; 'resends' counts them until a run takes
+# the record over): a queue no worker reads gets a few copies, not one per grace.
+# Index entries of records that are not waiting any more are dropped here.
 # -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned
 CLAIM = (
     NOW_MS
     + SAVES
+    + f"local MAX_RESEND_DOUBLINGS = {MAX_RESEND_DOUBLINGS}\n"
     + """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at', 'fence', 'resend_at')
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at', 'fence', 'resend_at',
+  'resends')
 if not h[1] then
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('SREM', KEYS[4], ARGV[1])
@@ -234,8 +241,9 @@ local parked_for = now - tonumber(h[4] or 0)
 local save_now = ARGV[7] .. (h[5] or '')
 local save_next = ARGV[7] .. (tonumber(h[5] or 0) + 1)
 local resend = false
+local resends = tonumber(h[7] or 0)
 if h[1] == 'queued' and h[2] == '' then
-  resend = ARGV[6] ~= '' and parked_for >= tonumber(ARGV[6])
+  resend = ARGV[6] ~= '' and parked_for >= tonumber(ARGV[6]) * 2 ^ math.min(resends, MAX_RESEND_DOUBLINGS)
   if not resend then return {0} end
 elseif h[1] == 'waiting' and h[2] == '' then
   resend = ARGV[6] ~= '' and h[6] ~= false and now >= tonumber(h[6])
@@ -249,7 +257,7 @@ end
 if resend then
   redis.call('SREM', KEYS[4], ARGV[1])
   redis.call('HINCRBY', KEYS[1], 'fence', 1)
-  redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+  redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'resends', resends + 1)
   redis.call('SADD', KEYS[3], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[3])
   move_save(save_now, save_next)
@@ -273,6 +281,7 @@ if tonumber(h[3]) >= tonumber(ARGV[4]) then
   outcome = 2
 else
   redis.call('HSET', KEYS[1], 'status', 'queued', 'owner', ARGV[3], 'pid', 0)
+  redis.call('HDEL', KEYS[1], 'resends')
   redis.call('HINCRBY', KEYS[1], 'resumes', 1)
   redis.call('SADD', KEYS[3], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[3])

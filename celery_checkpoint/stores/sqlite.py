@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import CheckpointStoreError, CorruptCheckpoint
 from ..record import CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_host
-from .base import Candidate, Claim, ClaimOutcome, CorruptEntry, Peek
+from .base import Candidate, Claim, ClaimOutcome, CorruptEntry, Peek, resend_grace
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     envelope_encoding TEXT NOT NULL,
     parked_at REAL NOT NULL DEFAULT 0,
     -- waiting records only: when the scan may send the call again (NULL: never)
-    resend_at REAL
+    resend_at REAL,
+    -- unowned queued records: times the call was sent again with no run since
+    resends INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS checkpoints_by_owner ON checkpoints (owner, status);
 CREATE INDEX IF NOT EXISTS checkpoints_by_status ON checkpoints (status);
@@ -74,7 +76,7 @@ CREATE INDEX IF NOT EXISTS done_by_expiry ON done (expires);
 
 # Columns added since the first schema, with their definitions: a file written
 # by an older version gets them when it is opened.
-ADDED_COLUMNS = {"resend_at": "REAL"}
+ADDED_COLUMNS = {"resend_at": "REAL", "resends": "INTEGER NOT NULL DEFAULT 0"}
 # Indexes on added columns, created once the columns exist. The scan reads the
 # overdue waiting records only, not every pending retry.
 LATE_INDEXES = {
@@ -87,7 +89,7 @@ COLUMNS = (
     "created_at, state, content_type, content_encoding, envelope, envelope_type, envelope_encoding"
 )
 # What a read returns: the columns a record is created with, then those set later.
-RECORD = f"{COLUMNS}, resend_at"
+RECORD = f"{COLUMNS}, resend_at, resends"
 ACTIVE = (Status.RUNNING.value, Status.QUEUED.value)
 
 # A save when the store knows the run's save count: a compare-and-set on it,
@@ -248,7 +250,7 @@ class SQLiteStore:
     ) -> CheckpointRecord | None:
         with self._transaction("take over", task_id) as conn:
             cur = conn.execute(
-                "UPDATE checkpoints SET owner = ?, pid = ?, status = ?, fence = fence + 1 "
+                "UPDATE checkpoints SET owner = ?, pid = ?, status = ?, fence = fence + 1, resends = 0 "
                 "WHERE task_id = ? AND fence = ?",
                 (owner, pid, Status.RUNNING.value, task_id, expected_fence),
             )
@@ -445,26 +447,26 @@ class SQLiteStore:
         now = time.time()
         with self._transaction("claim", task_id) as conn:
             row = conn.execute(
-                "SELECT c.status, c.owner, c.resume_count, c.parked_at, c.resend_at, w.expires "
+                "SELECT c.status, c.owner, c.resume_count, c.parked_at, c.resend_at, c.resends, w.expires "
                 "FROM checkpoints c LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
                 (task_id,),
             ).fetchone()
             if row is None:
                 return Claim(ClaimOutcome.GONE)
-            status, owner, resume_count, parked_at, resend_at, expires = row
+            status, owner, resume_count, parked_at, resend_at, resends, expires = row
             owner_alive = expires is not None and expires > now
             unowned = owner == "" and queued_grace is not None
             if unowned and status in (Status.QUEUED.value, Status.WAITING.value):
                 # a re-send: the message (a resume's, or a retry's) was lost
                 if status == Status.QUEUED.value:
-                    due = now - parked_at >= (queued_grace or 0.0)
+                    due = now - parked_at >= resend_grace(queued_grace or 0.0, resends)
                 else:
                     due = resend_at is not None and now >= resend_at
                 if not due:
                     return Claim(ClaimOutcome.GONE)
                 conn.execute(
-                    "UPDATE checkpoints SET owner = ?, status = ?, resend_at = NULL, fence = fence + 1 "
-                    "WHERE task_id = ?",
+                    "UPDATE checkpoints SET owner = ?, status = ?, resend_at = NULL, fence = fence + 1, "
+                    "resends = resends + 1 WHERE task_id = ?",
                     (claimer, Status.QUEUED.value, task_id),
                 )
                 _remember_owner(conn, claimer)
@@ -490,7 +492,7 @@ class SQLiteStore:
             else:
                 conn.execute(
                     "UPDATE checkpoints SET status = ?, owner = ?, pid = 0, fence = fence + 1, "
-                    "resume_count = resume_count + 1 WHERE task_id = ?",
+                    "resume_count = resume_count + 1, resends = 0 WHERE task_id = ?",
                     (Status.QUEUED.value, claimer, task_id),
                 )
                 _remember_owner(conn, claimer)
@@ -620,6 +622,7 @@ def _parse_row(row: Any) -> CheckpointRecord:
         envelope_type,
         envelope_encoding,
         resend_at,
+        resends,
     ) = row
     return CheckpointRecord(
         task_id=task_id,
@@ -636,4 +639,5 @@ def _parse_row(row: Any) -> CheckpointRecord:
         state=EncodedState(bytes(state), content_type, content_encoding),
         envelope=EncodedState(bytes(envelope), envelope_type, envelope_encoding),
         resend_at=None if resend_at is None else float(resend_at),
+        resends=int(resends),
     )

@@ -136,7 +136,7 @@ def corrupt_row(path: Path) -> str:
     with sqlite3.connect(path) as conn:
         conn.execute(
             "INSERT INTO checkpoints VALUES ('broken', 'x', 'bogus', '', 0, 1, 1, 0, NULL, 0, 0, "
-            "x'00', 'application/json', 'utf-8', x'00', 'application/json', 'utf-8', 0, NULL)"
+            "x'00', 'application/json', 'utf-8', x'00', 'application/json', 'utf-8', 0, NULL, 0)"
         )
     return "broken"
 
@@ -182,6 +182,7 @@ def test_list_json_is_one_object_per_checkpoint(every_state: dict[str, str], sto
         "saved_at_iso": running["saved_at_iso"],
         "created_at": record.created_at,
         "resend_at": None,
+        "resends": 0,
         "size": len(record.state.payload),
         "reason": None,
         "key": None,
@@ -239,6 +240,17 @@ def test_show_and_resume_say_when_a_waiting_checkpoint_is_sent_again(store: Chec
     refused = cli("resume", task_id)
     assert refused.exit_code != 0 and "A worker sends the retry again at 20" in refused.stderr
     assert published() == {}, "nothing was sent"
+
+
+def test_show_counts_the_resends_no_run_has_answered(store: CheckpointStore) -> None:
+    task_id, _ = put(store, {"i": 2})
+    claim = store.claim(task_id, DEAD, LIVE, 5)
+    assert claim.record is not None and store.park(task_id, claim.record.fence, LIVE, Status.QUEUED)
+    assert "re-sent" not in cli("show", task_id).stdout
+    again = store.claim(task_id, "", LIVE, 5, queued_grace=0)
+    assert again.record is not None and store.park(task_id, again.record.fence, LIVE, Status.QUEUED)
+    assert json.loads(cli("show", task_id, "--json").stdout)["resends"] == 1
+    assert "re-sent:      1 times, no run started since" in cli("show", task_id).stdout
 
 
 @pytest.mark.parametrize(

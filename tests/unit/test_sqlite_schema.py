@@ -14,9 +14,10 @@ OWNER = worker_id("w1@host", "aaaa")
 
 
 def _write_an_old_file(path: Path) -> None:
-    """The schema as it was before ``resend_at``, holding one retry's checkpoint."""
+    """The schema as it was before ``resend_at`` and ``resends``, holding one retry's checkpoint."""
     old_schema = re.sub(r",\n\s*--[^\n]*\n\s*resend_at REAL", "", SCHEMA)
-    assert "resend_at" not in old_schema
+    old_schema = re.sub(r",\n\s*--[^\n]*\n\s*resends INTEGER NOT NULL DEFAULT 0", "", old_schema)
+    assert "resend_at" not in old_schema and "resends" not in old_schema
     conn = sqlite3.connect(path)
     conn.executescript(old_schema)
     now = time.time()
@@ -29,12 +30,13 @@ def _write_an_old_file(path: Path) -> None:
     conn.close()
 
 
-def test_an_older_file_gains_the_resend_column_and_keeps_its_checkpoint(tmp_path: Path) -> None:
+def test_an_older_file_gains_the_resend_columns_and_keeps_its_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints.db"
     _write_an_old_file(path)
     store = SQLiteStore(str(path))
     record = store.get("old-retry")
     assert record is not None and record.status is Status.WAITING and record.state.payload == b'{"i": 3}'
+    assert record.resends == 0
     assert store.interrupted() == [], "a retry parked by an older version is never re-sent"
     taken = store.takeover("old-retry", 2, "", OWNER, 1)
     assert taken is not None and taken.saves == 3

@@ -250,6 +250,40 @@ def test_a_reenqueued_checkpoint_is_sent_again_only_after_its_grace_and_not_as_a
     assert again.record.fence > claimed.record.fence
 
 
+def test_each_resend_doubles_the_wait_before_the_next_until_a_run_starts(store: CheckpointStore) -> None:
+    """A task whose queue no worker reads is re-sent after 1, 2, 4... graces, not every grace."""
+    grace = 0.2
+    store.create("t1", _new(W2))  # W2 never registered: dead
+    claimed = store.claim("t1", W2, W1, 5)
+    assert claimed.record is not None and claimed.record.resends == 0
+    fence = claimed.record.fence
+
+    def resend_after_parking() -> tuple[float, CheckpointRecord]:
+        started = time.monotonic()  # before the park: a lower bound of the wait
+        assert store.park("t1", fence, W1, Status.QUEUED)
+        while True:
+            again = store.claim("t1", "", W1, 5, queued_grace=grace)
+            if again.outcome is ClaimOutcome.CLAIMED and again.record is not None:
+                return time.monotonic() - started, again.record
+            assert time.monotonic() - started < 30, "never sent again"
+            time.sleep(0.02)
+
+    for resends in (1, 2, 3):
+        waited, record = resend_after_parking()
+        assert record.resends == resends
+        assert waited >= grace * 2 ** (resends - 1) - 0.01, f"re-send {resends} came after {waited:.3f} s"
+        assert record.resume_count == 1, "a re-send is not a resume"
+        fence = record.fence
+
+    taken = store.takeover("t1", fence, "", W1, 1)  # a run started: the queue is read
+    assert taken is not None and taken.resends == 0
+    assert store.park("t1", taken.fence, W1, Status.QUEUED)
+    time.sleep(grace + 0.05)  # one grace, where three re-sends without a run would need eight
+    again = store.claim("t1", "", W1, 5, queued_grace=grace)
+    assert again.outcome is ClaimOutcome.CLAIMED, "the doubling starts over once a run started"
+    assert again.record is not None and again.record.resends == 1
+
+
 def test_a_waiting_checkpoint_is_sent_again_only_once_its_retry_is_overdue_and_not_as_a_resume(
     store: CheckpointStore,
 ) -> None:
