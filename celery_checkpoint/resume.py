@@ -22,8 +22,16 @@ from celery.states import READY_STATES
 
 from .envelope import parse_envelope
 from .errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
-from .record import CheckpointRecord, Status, accepted_content_types, decode, iso_utc
-from .stores.base import Candidate, CheckpointStore, ClaimOutcome, CorruptEntry, resend_grace
+from .record import CheckpointRecord, ResumeEnvelope, Status, accepted_content_types, decode, iso_utc
+from .stores.base import (
+    Candidate,
+    CheckpointStore,
+    Claim,
+    ClaimOutcome,
+    ClaimRequest,
+    CorruptEntry,
+    resend_grace,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,20 @@ class Unread:
 
 
 UNREAD = Unread()
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A candidate that passed every check: what its claim would send."""
+
+    candidate: Candidate
+    record: CheckpointRecord
+    task: Any
+    envelope: ResumeEnvelope
+
+    @property
+    def task_id(self) -> str:
+        return self.candidate.task_id
 
 
 @dataclass
@@ -86,24 +108,39 @@ class Resumer:
         self._reported: set[tuple[str, str]] = set()
 
     def scan(self, revoked: Container[str] = ()) -> ScanReport:
-        """Resume every interrupted checkpoint; one bad entry never stops the rest."""
+        """Resume every interrupted checkpoint; one bad entry never stops the rest.
+
+        Per batch of candidates: one read, one round of claims and one of
+        parks (one round trip each on Redis), and one publish per task:
+        the publish is the only per-task round trip left.
+        """
         report = ScanReport()
         candidates = self.store.interrupted()
         for start in range(0, len(candidates), READ_BATCH):
             batch = candidates[start : start + READ_BATCH]
             try:
-                # One read for the batch, not one round trip per candidate.
                 records = self.store.get_many([candidate.task_id for candidate in batch])
             except CheckpointStoreError as exc:
                 logger.warning("%d checkpoints not resumed this time: %s", len(batch), exc)
                 report.outcomes.update((candidate.task_id, Outcome.FAILED) for candidate in batch)
                 continue
+            ready: list[_Ready] = []
             for candidate, record in zip(batch, records, strict=True):
                 try:
-                    report.outcomes[candidate.task_id] = self.resume(candidate, revoked, record)
+                    checked = self._check(candidate, revoked, record)
                 except CheckpointStoreError as exc:
                     logger.warning("task %s: not resumed this time: %s", candidate.task_id, exc)
-                    report.outcomes[candidate.task_id] = Outcome.FAILED
+                    checked = Outcome.FAILED
+                if isinstance(checked, _Ready):
+                    ready.append(checked)
+                else:
+                    report.outcomes[candidate.task_id] = checked
+            try:
+                self._claim_and_send(ready, report)
+            except CheckpointStoreError as exc:
+                logger.warning("%d checkpoints not resumed this time: %s", len(ready), exc)
+                for item in ready:
+                    report.outcomes.setdefault(item.task_id, Outcome.FAILED)
         return report
 
     def resume(
@@ -112,7 +149,24 @@ class Resumer:
         revoked: Container[str] = (),
         record: CheckpointRecord | CorruptEntry | Unread | None = UNREAD,
     ) -> Outcome:
-        """Resume one candidate; ``record`` is its record when the caller read it already."""
+        """Resume one candidate; ``record`` is its record when the caller read it already.
+
+        Raises ``CheckpointStoreError`` when the store cannot be reached.
+        """
+        checked = self._check(candidate, revoked, record)
+        if not isinstance(checked, _Ready):
+            return checked
+        report = ScanReport()
+        self._claim_and_send([checked], report)
+        return report.outcomes[candidate.task_id]
+
+    def _check(
+        self,
+        candidate: Candidate,
+        revoked: Container[str],
+        record: CheckpointRecord | CorruptEntry | Unread | None,
+    ) -> Outcome | _Ready:
+        """Everything that decides a candidate before its claim; what it would send."""
         task_id = candidate.task_id
         if task_id in revoked:
             self.store.delete(task_id)
@@ -151,57 +205,90 @@ class Resumer:
             self.store.delete(task_id)
             logger.info("task %s already has its final result: its checkpoint is removed", task_id)
             return Outcome.GONE
-        claim = self.store.claim(
-            task_id,
-            candidate.owner,
+        return _Ready(candidate, record, task, envelope)
+
+    def _claim_and_send(self, ready: list[_Ready], report: ScanReport) -> None:
+        """Claim ``ready`` together, send each one claimed, then park them together.
+
+        A store that cannot be reached raises ``CheckpointStoreError``; the
+        candidates without an outcome in ``report`` then have none.
+        """
+        if not ready:
+            return
+        claims = self.store.claim_many(
+            [ClaimRequest(i.task_id, i.candidate.owner, i.task.checkpoint_config.max_resumes) for i in ready],
             self.claimer,
-            task.checkpoint_config.max_resumes,
             self.released_grace,
             self.queued_grace,
         )
+        sent: list[tuple[_Ready, CheckpointRecord]] = []
+        for item, claim in zip(ready, claims, strict=True):
+            outcome = self._send(item, claim)
+            if isinstance(outcome, Outcome):
+                report.outcomes[item.task_id] = outcome
+            else:
+                sent.append((item, outcome))
+        # The messages are in the broker now: the records need no owner's lease.
+        self.store.park_many(
+            [(item.task_id, claimed.fence) for item, claimed in sent], self.claimer, Status.QUEUED
+        )
+        for item, claimed in sent:
+            self._log_resumed(item, claimed)
+            report.outcomes[item.task_id] = Outcome.RESUMED
+
+    def _send(self, item: _Ready, claim: Claim | CheckpointError) -> Outcome | CheckpointRecord:
+        """Publish a claimed candidate's recorded call; the claimed record once sent."""
+        task_id = item.task_id
+        if isinstance(claim, CheckpointError):
+            logger.warning("task %s: not resumed this time: %s", task_id, claim)
+            return Outcome.FAILED
         if claim.outcome is ClaimOutcome.GONE or claim.record is None:
             return Outcome.GONE
         if claim.outcome is ClaimOutcome.POISONED:
-            mark_poisoned(task, claim.record)
+            mark_poisoned(item.task, claim.record)
             return Outcome.POISONED
+        envelope = item.envelope
         try:
-            task.apply_async(envelope.args, envelope.kwargs, **envelope.options)
+            item.task.apply_async(envelope.args, envelope.kwargs, **envelope.options)
         except Exception:
             logger.exception(
                 "task %s: could not re-enqueue it; it stays interrupted for the next scan", task_id
             )
-            self.store.park(task_id, claim.record.fence, self.claimer, Status.RELEASED)
+            try:
+                self.store.park(task_id, claim.record.fence, self.claimer, Status.RELEASED)
+            except CheckpointStoreError as exc:  # the claimer's lease lapses; then it is interrupted again
+                logger.warning("task %s: its claim is not given back: %s", task_id, exc)
             return Outcome.FAILED
-        # The message is in the broker now: the record needs no owner's lease.
-        self.store.park(task_id, claim.record.fence, self.claimer, Status.QUEUED)
+        return claim.record
+
+    def _log_resumed(self, item: _Ready, claimed: CheckpointRecord) -> None:
+        record = item.record
         if record.status is Status.WAITING:
             logger.warning(
                 "task %s (%s): its retry had not started by %s, so its message is taken for lost; "
                 "sent the retry again from its checkpoint (save %d)",
-                task_id,
+                item.task_id,
                 record.task_name,
                 "its resend time" if record.resend_at is None else iso_utc(record.resend_at),
-                claim.record.saves,
+                claimed.saves,
             )
-            return Outcome.RESUMED
-        if record.status is Status.QUEUED and record.owner == "" and self.queued_grace is not None:
+        elif record.status is Status.QUEUED and record.owner == "" and self.queued_grace is not None:
             logger.warning(
                 "task %s (%s): no run has started it since it was last sent; sent again (%d times "
                 "now); the next re-send, if it is still needed, waits %.0f s. Does a worker read its queue?",
-                task_id,
+                item.task_id,
                 record.task_name,
-                claim.record.resends,
-                resend_grace(self.queued_grace, claim.record.resends),
+                claimed.resends,
+                resend_grace(self.queued_grace, claimed.resends),
             )
-            return Outcome.RESUMED
-        logger.info(
-            "task %s (%s) re-enqueued from its checkpoint (save %d, resume %d)",
-            task_id,
-            record.task_name,
-            claim.record.saves,
-            claim.record.resume_count,
-        )
-        return Outcome.RESUMED
+        else:
+            logger.info(
+                "task %s (%s) re-enqueued from its checkpoint (save %d, resume %d)",
+                item.task_id,
+                record.task_name,
+                claimed.saves,
+                claimed.resume_count,
+            )
 
     def _task_for(self, record: CheckpointRecord) -> tuple[Any, str]:
         from .task import CheckpointTask

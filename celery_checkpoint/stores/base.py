@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..errors import CheckpointStoreError
+from ..errors import CheckpointError, CheckpointStoreError
 from ..record import CheckpointRecord, EncodedState, NewCheckpoint, Status
 
 
@@ -69,6 +69,15 @@ class Candidate:
 
     task_id: str
     owner: str
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One claim of a batch (:meth:`CheckpointStore.claim_many`)."""
+
+    task_id: str
+    expected_owner: str
+    max_resumes: int
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,23 @@ class CheckpointStore(Protocol):
 
     def get(self, task_id: str) -> CheckpointRecord | None:
         """The record, or ``None``; raises ``CorruptCheckpoint`` if unreadable."""
+        ...
+
+    def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        claimer: str,
+        released_grace: float = 0.0,
+        queued_grace: float | None = None,
+    ) -> list[Claim | CheckpointError]:
+        """:meth:`claim` for each request, in order, sent together (one round trip
+        on Redis). Each claim is atomic on its own; one that fails is returned
+        as its error, a store that cannot be reached raises."""
+        ...
+
+    def park_many(self, parks: Sequence[tuple[str, int]], owner: str, status: Status) -> list[bool]:
+        """:meth:`park` for each ``(task_id, fence)``, in order, sent together;
+        ``False`` where the fence had moved on."""
         ...
 
     def get_many(self, task_ids: Sequence[str]) -> list[CheckpointRecord | CorruptEntry | None]:

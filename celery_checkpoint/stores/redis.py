@@ -37,10 +37,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from ..errors import CheckpointStoreError, CorruptCheckpoint
+from ..errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
 from ..record import WORKER_ID_SEPARATOR, CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_host
 from . import redis_lua
-from .base import FINISHED, NOTHING, Candidate, Claim, ClaimOutcome, CorruptEntry, Peek
+from .base import FINISHED, NOTHING, Candidate, Claim, ClaimOutcome, ClaimRequest, CorruptEntry, Peek
 from .redis_wire import Frames, Wire, add_frame, command_head, frame, pack
 from .urls import redact
 
@@ -368,31 +368,46 @@ class RedisStore:
         resend_after: float | None = None,
         call: EncodedState | None = None,
     ) -> bool:
+        keys, args = self._park_call(task_id, fence, owner, status, resend_after, call)
+        return bool(self._call("park", task_id, lambda: self._park(keys=keys, args=args)))
+
+    def park_many(self, parks: Sequence[tuple[str, int]], owner: str, status: Status) -> list[bool]:
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for task_id, fence in parks:
+                keys, args = self._park_call(task_id, fence, owner, status)
+                self._park(keys=keys, args=args, client=pipe)
+            return list(pipe.execute())
+
+        return [bool(reply) for reply in self._call("park", None, run)] if parks else []
+
+    def _park_call(
+        self,
+        task_id: str,
+        fence: int,
+        owner: str,
+        status: Status,
+        resend_after: float | None = None,
+        call: EncodedState | None = None,
+    ) -> tuple[list[str], list[Any]]:
         new_call: tuple[bytes | str, str, str] = ("", "", "") if call is None else call
-        return bool(
-            self._call(
-                "park",
-                task_id,
-                lambda: self._park(
-                    keys=[
-                        self.record_key(task_id),
-                        self.owned_key(owner),
-                        self.released_key,
-                        self.save_key(task_id, fence),
-                        self.save_key(task_id, fence + 1),
-                        self.waiting_key,
-                        self.call_key(task_id),
-                    ],
-                    args=[
-                        task_id,
-                        fence,
-                        status.value,
-                        "" if resend_after is None else int(resend_after * 1000),
-                        *new_call,
-                    ],
-                ),
-            )
-        )
+        keys = [
+            self.record_key(task_id),
+            self.owned_key(owner),
+            self.released_key,
+            self.save_key(task_id, fence),
+            self.save_key(task_id, fence + 1),
+            self.waiting_key,
+            self.call_key(task_id),
+        ]
+        args = [
+            task_id,
+            fence,
+            status.value,
+            "" if resend_after is None else int(resend_after * 1000),
+            *new_call,
+        ]
+        return keys, args
 
     # -- workers -----------------------------------------------------------
 
@@ -472,35 +487,61 @@ class RedisStore:
         released_grace: float = 0.0,
         queued_grace: float | None = None,
     ) -> Claim:
-        reply = self._call(
-            "claim",
+        request = ClaimRequest(task_id, expected_owner, max_resumes)
+        keys, args = self._claim_call(request, claimer, released_grace, queued_grace)
+        return _claim(task_id, self._call("claim", task_id, lambda: self._claim(keys=keys, args=args)))
+
+    def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        claimer: str,
+        released_grace: float = 0.0,
+        queued_grace: float | None = None,
+    ) -> list[Claim | CheckpointError]:
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for request in requests:
+                keys, args = self._claim_call(request, claimer, released_grace, queued_grace)
+                self._claim(keys=keys, args=args, client=pipe)
+            return list(pipe.execute(raise_on_error=False))
+
+        if not requests:
+            return []
+        claims: list[Claim | CheckpointError] = []
+        for request, reply in zip(requests, self._call("claim", None, run), strict=True):
+            if isinstance(reply, redis.RedisError):
+                claims.append(self._failed("claim", request.task_id, reply))
+                continue
+            try:
+                claims.append(_claim(request.task_id, reply))
+            except CorruptCheckpoint as exc:
+                claims.append(exc)
+        return claims
+
+    def _claim_call(
+        self, request: ClaimRequest, claimer: str, released_grace: float, queued_grace: float | None
+    ) -> tuple[list[str], list[Any]]:
+        task_id, expected_owner = request.task_id, request.expected_owner
+        keys = [
+            self.record_key(task_id),
+            self.owned_key(expected_owner) if expected_owner else self.released_key,
+            self.owned_key(claimer),
+            self.released_key,
+            self.owners_key,
+            self.workers_key,
+            self.call_key(task_id),
+            self.waiting_key,
+        ]
+        args = [
             task_id,
-            lambda: self._claim(
-                keys=[
-                    self.record_key(task_id),
-                    self.owned_key(expected_owner) if expected_owner else self.released_key,
-                    self.owned_key(claimer),
-                    self.released_key,
-                    self.owners_key,
-                    self.workers_key,
-                    self.call_key(task_id),
-                    self.waiting_key,
-                ],
-                args=[
-                    task_id,
-                    expected_owner,
-                    claimer,
-                    max_resumes,
-                    int(released_grace * 1000),
-                    "" if queued_grace is None else int(queued_grace * 1000),
-                    self.save_key(task_id, ""),
-                ],
-            ),
-        )
-        outcome = {0: ClaimOutcome.GONE, 1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.POISONED}[int(reply[0])]
-        if outcome is ClaimOutcome.GONE:
-            return Claim(outcome)
-        return Claim(outcome, _record(task_id, _pairs(reply[1:])))
+            expected_owner,
+            claimer,
+            request.max_resumes,
+            int(released_grace * 1000),
+            "" if queued_grace is None else int(queued_grace * 1000),
+            self.save_key(task_id, ""),
+        ]
+        return keys, args
 
     # -- inspection --------------------------------------------------------
 
@@ -609,6 +650,13 @@ def _text(value: Any) -> str:
 
 def _pairs(flat: list[Any]) -> dict[str, Any]:
     return {_text(k): v for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+
+
+def _claim(task_id: str, reply: list[Any]) -> Claim:
+    outcome = {0: ClaimOutcome.GONE, 1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.POISONED}[int(reply[0])]
+    if outcome is ClaimOutcome.GONE:
+        return Claim(outcome)
+    return Claim(outcome, _record(task_id, _pairs(reply[1:])))
 
 
 def _record(task_id: str, fields: dict[str, Any]) -> CheckpointRecord:

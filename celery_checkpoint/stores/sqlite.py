@@ -24,9 +24,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from ..errors import CheckpointStoreError, CorruptCheckpoint
+from ..errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
 from ..record import CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_host
-from .base import Candidate, Claim, ClaimOutcome, CorruptEntry, Peek, resend_grace
+from .base import Candidate, Claim, ClaimOutcome, ClaimRequest, CorruptEntry, Peek, resend_grace
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -501,6 +501,33 @@ class SQLiteStore:
                 f"SELECT {RECORD} FROM checkpoints WHERE task_id = ?", (task_id,)
             ).fetchone()
         return Claim(outcome, _record(record))
+
+    def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        claimer: str,
+        released_grace: float = 0.0,
+        queued_grace: float | None = None,
+    ) -> list[Claim | CheckpointError]:
+        claims: list[Claim | CheckpointError] = []
+        for request in requests:  # a local file: one transaction each costs no round trip
+            try:
+                claims.append(
+                    self.claim(
+                        request.task_id,
+                        request.expected_owner,
+                        claimer,
+                        request.max_resumes,
+                        released_grace,
+                        queued_grace,
+                    )
+                )
+            except CheckpointError as exc:
+                claims.append(exc)
+        return claims
+
+    def park_many(self, parks: Sequence[tuple[str, int]], owner: str, status: Status) -> list[bool]:
+        return [self.park(task_id, fence, owner, status) for task_id, fence in parks]
 
     # -- inspection --------------------------------------------------------
 

@@ -12,7 +12,8 @@ import pytest
 
 from celery_checkpoint.errors import CorruptCheckpoint
 from celery_checkpoint.record import CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_id
-from celery_checkpoint.stores import CheckpointStore, ClaimOutcome, CorruptEntry, create_store
+from celery_checkpoint.stores import CheckpointStore, Claim, ClaimOutcome, CorruptEntry, create_store
+from celery_checkpoint.stores.base import ClaimRequest
 from celery_checkpoint.stores.redis import RedisStore
 from tests.harness import RedisServer
 
@@ -333,6 +334,38 @@ def test_a_retry_can_record_its_own_call_in_place_of_the_first(store: Checkpoint
     assert store.park("t1", taken.fence, W2, Status.WAITING, resend_after=0)
     kept = store.get("t1")
     assert kept is not None and kept.envelope == retry_call, "no new call: the recorded one stays"
+
+
+def test_claims_and_parks_sent_together_decide_each_checkpoint_as_one_at_a_time_would(
+    store: CheckpointStore,
+) -> None:
+    scanner = worker_id("scanner@h", "x")
+    store.register(W1, 30)
+    store.register(scanner, 30)
+    store.create("dead", _new(W2))  # W2 never registered: dead
+    store.create("live", _new(W1))
+    store.create("released", _new(W1))
+    assert store.park("released", 1, W1, Status.RELEASED)
+    requests = [
+        ClaimRequest("dead", W2, 5),
+        ClaimRequest("live", W1, 5),  # its owner lives: not claimable
+        ClaimRequest("missing", W2, 5),
+        ClaimRequest("released", "", 0),  # resumed 0 times, at most 0: poisoned
+    ]
+    claims = store.claim_many(requests, scanner, released_grace=0)
+    outcomes = [c.outcome if isinstance(c, Claim) else c for c in claims]
+    assert outcomes == [ClaimOutcome.CLAIMED, ClaimOutcome.GONE, ClaimOutcome.GONE, ClaimOutcome.POISONED]
+    claimed = claims[0]
+    assert isinstance(claimed, Claim) and claimed.record is not None and claimed.record.owner == scanner
+    assert store.claim_many([], scanner) == [] and store.park_many([], scanner, Status.QUEUED) == []
+
+    parks = [("dead", claimed.record.fence), ("live", 99)]
+    assert store.park_many(parks, scanner, Status.QUEUED) == [True, False]
+    dead, live = store.get("dead"), store.get("live")
+    assert dead is not None and (dead.status, dead.owner) == (Status.QUEUED, "")
+    assert live is not None and (live.status, live.owner) == (Status.RUNNING, W1), (
+        "a stale fence parks nothing"
+    )
 
 
 def test_an_overdue_retry_is_claimed_exactly_once_under_contention(store: CheckpointStore) -> None:
