@@ -9,6 +9,7 @@ redis-server on a free port.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ from celery.bin.celery import celery as celery_command
 from click.testing import CliRunner, Result
 
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, encode, worker_id
+from celery_checkpoint.resume import Outcome, Resumer
 from celery_checkpoint.stores import CheckpointStore, create_store
 from tests.apps import cliapp
 from tests.harness import ROOT, RedisServer, free_port
@@ -240,6 +242,29 @@ def test_show_and_resume_say_when_a_waiting_checkpoint_is_sent_again(store: Chec
     refused = cli("resume", task_id)
     assert refused.exit_code != 0 and "A worker sends the retry again at 20" in refused.stderr
     assert published() == {}, "nothing was sent"
+
+
+def test_a_scan_sends_an_unstarted_task_again_and_waits_longer_each_time(
+    store: CheckpointStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's scan, as the worker runs it, against the app's in-memory broker."""
+    grace = 1.0
+    task_id, _ = put(store, {"i": 2})
+    resumer = Resumer(cliapp.app, store, LIVE, queued_grace=grace)
+    assert resumer.scan().outcomes == {task_id: Outcome.RESUMED}, "its owner is dead: a resume"
+    assert list(published()) == [task_id]
+
+    time.sleep(grace + 0.05)  # its message never started
+    with caplog.at_level(logging.WARNING, logger="celery_checkpoint.resume"):
+        assert resumer.scan().outcomes == {task_id: Outcome.RESUMED}
+    assert f"task {task_id} ({CRUNCH}): no run has started it since it was last sent" in caplog.text
+    assert "sent again (1 times now)" in caplog.text and "waits 2 s" in caplog.text
+
+    time.sleep(grace + 0.05)  # one grace: the next re-send waits two
+    assert resumer.scan().outcomes == {task_id: Outcome.GONE}
+    assert list(published()) == [task_id], "only the first re-send was published"
+    record = store.get(task_id)
+    assert record is not None and (record.resume_count, record.resends) == (1, 1)
 
 
 def test_show_counts_the_resends_no_run_has_answered(store: CheckpointStore) -> None:
