@@ -498,6 +498,9 @@ class RedisStore:
         released_grace: float = 0.0,
         queued_grace: float | None = None,
     ) -> list[Claim | CheckpointError]:
+        if not requests:
+            return []
+
         def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for request in requests:
@@ -505,8 +508,6 @@ class RedisStore:
                 self._claim(keys=keys, args=args, client=pipe)
             return list(pipe.execute(raise_on_error=False))
 
-        if not requests:
-            return []
         claims: list[Claim | CheckpointError] = []
         for request, reply in zip(requests, self._call("claim", None, run), strict=True):
             if isinstance(reply, redis.RedisError):

@@ -522,7 +522,7 @@ class SQLiteStore:
                         queued_grace,
                     )
                 )
-            except CheckpointError as exc:
+            except CorruptCheckpoint as exc:  # a store error raises, as the Protocol says
                 claims.append(exc)
         return claims
 
