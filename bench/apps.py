@@ -34,13 +34,14 @@ def make_app(
     checkpoint: bool,
     store_url: str | None = None,
     store_prefix: str = "checkpoint:",
+    result_backend: str | None = None,
 ) -> Celery:
     app = Celery("bench", broker=broker_url, set_as_current=False)
     app.conf.update(
         broker_transport_options={"global_keyprefix": keyprefix},
         task_default_queue=queue,
         task_ignore_result=True,
-        result_backend=None,
+        result_backend=result_backend,
         broker_connection_retry_on_startup=True,
     )
 

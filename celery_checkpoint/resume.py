@@ -18,11 +18,10 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery.states import READY_STATES
-
 from .envelope import parse_envelope
 from .errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
 from .record import CheckpointRecord, ResumeEnvelope, Status, accepted_content_types, decode, iso_utc
+from .results import finished
 from .stores.base import (
     Candidate,
     CheckpointStore,
@@ -110,9 +109,10 @@ class Resumer:
     def scan(self, revoked: Container[str] = ()) -> ScanReport:
         """Resume every interrupted checkpoint; one bad entry never stops the rest.
 
-        Per batch of candidates: one read, one round of claims and one of
-        parks (one round trip each on Redis), and one publish per task:
-        the publish is the only per-task round trip left.
+        Per batch of candidates: one read, one question to the result
+        backend, one round of claims and one of parks (one round trip each
+        on Redis, and on a key-value result backend), and one publish per
+        task: the publish is the only per-task round trip left.
         """
         report = ScanReport()
         candidates = self.store.interrupted()
@@ -199,12 +199,6 @@ class Resumer:
         except (CorruptCheckpoint, ValueError) as exc:
             return self._bad(task_id, str(exc))
 
-        if _result_is_final(task, task_id):
-            # It finished, but its run could not delete the checkpoint (the
-            # store was down at that moment): remove it rather than run again.
-            self.store.delete(task_id)
-            logger.info("task %s already has its final result: its checkpoint is removed", task_id)
-            return Outcome.GONE
         return _Ready(candidate, record, task, envelope)
 
     def _claim_and_send(self, ready: list[_Ready], report: ScanReport) -> None:
@@ -213,6 +207,7 @@ class Resumer:
         A store that cannot be reached raises ``CheckpointStoreError``; the
         candidates without an outcome in ``report`` then have none.
         """
+        ready = self._drop_finished(ready, report)
         if not ready:
             return
         claims = self.store.claim_many(
@@ -235,6 +230,22 @@ class Resumer:
         for item, claimed in sent:
             self._log_resumed(item, claimed)
             report.outcomes[item.task_id] = Outcome.RESUMED
+
+    def _drop_finished(self, ready: list[_Ready], report: ScanReport) -> list[_Ready]:
+        """``ready`` minus the tasks whose result backend already holds their final result.
+
+        Such a task finished, but its run could not delete the checkpoint
+        (the store was down at that moment): the checkpoint is removed
+        rather than the task run again.
+        """
+        done = finished((item.task, item.task_id) for item in ready)
+        if not done:
+            return ready
+        for task_id in done:
+            self.store.delete(task_id)
+            logger.info("task %s already has its final result: its checkpoint is removed", task_id)
+            report.outcomes[task_id] = Outcome.GONE
+        return [item for item in ready if item.task_id not in done]
 
     def _send(self, item: _Ready, claim: Claim | CheckpointError) -> Outcome | CheckpointRecord:
         """Publish a claimed candidate's recorded call; the claimed record once sent."""
@@ -311,14 +322,6 @@ class Resumer:
                 problem,
             )
         return Outcome.BAD
-
-
-def _result_is_final(task: Any, task_id: str) -> bool:
-    """Whether the result backend already holds SUCCESS, FAILURE or REVOKED."""
-    try:
-        return task.AsyncResult(task_id).state in READY_STATES
-    except Exception:  # no backend, or it is down: decide by the checkpoint alone
-        return False
 
 
 def mark_poisoned(task: Any, record: CheckpointRecord) -> None:

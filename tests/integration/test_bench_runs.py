@@ -68,11 +68,11 @@ def test_in_process_benchmarks_print_every_figure() -> None:
 def test_worker_and_scan_benchmarks_run(tmp_path: Path) -> None:
     report = tmp_path / "report.md"
     out = run_bench("--only", "throughput,scan", "--output", str(report))
-    for key in ("4.", "5.", "7a.", "7b.", "7c."):
+    for key in ("4.", "5.", "7a.", "7b.", "7c.", "7d."):
         assert any(line.startswith(key) for line in out.splitlines()), out
     text = report.read_text()
     assert "| figure | ours | baseline | ratio | target | result |" in text
-    assert sorted(markdown_rows(text)) == ["4", "5", "7a", "7b", "7c"]
+    assert sorted(markdown_rows(text)) == ["4", "5", "7a", "7b", "7c", "7d"]
     assert "redis-server" in text  # the versions line
     cpu = re.findall(r"main (\d+) / pool (\d+) / redis (\d+) vs plain main (\d+)", text)
     assert len(cpu) == 2 and all(int(v) > 0 for row in cpu for v in row), "CPU per task of each process role"

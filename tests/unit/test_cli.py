@@ -267,6 +267,43 @@ def test_a_scan_sends_an_unstarted_task_again_and_waits_longer_each_time(
     assert record is not None and (record.resume_count, record.resends) == (1, 1)
 
 
+def test_a_scan_removes_the_checkpoints_of_tasks_that_already_finished(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their runs could not delete them (store down); the result backend, asked once, says they are done."""
+    succeeded, failed, unfinished = (put(store, {"i": 3})[0] for _ in range(3))
+    backend = cliapp.app.backend
+    backend.store_result(succeeded, 55, "SUCCESS")
+    backend.store_result(failed, RuntimeError("no"), "FAILURE")
+    reads: list[int] = []
+    mget = backend.mget
+    monkeypatch.setattr(backend, "mget", lambda keys: reads.append(len(keys)) or mget(keys))
+
+    report = Resumer(cliapp.app, store, LIVE).scan()
+
+    assert report.outcomes == {succeeded: Outcome.GONE, failed: Outcome.GONE, unfinished: Outcome.RESUMED}
+    assert store.get(succeeded) is None and store.get(failed) is None
+    assert list(published()) == [unfinished], "a finished task is never run again"
+    assert reads == [3], "one read of the result backend for the batch"
+
+
+def test_a_scan_resumes_when_the_result_backend_cannot_answer(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_ids = {put(store, {"i": 3})[0] for _ in range(2)}
+
+    def down(keys: Any) -> Any:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+
+    monkeypatch.setattr(cliapp.app.backend, "mget", down)
+    with caplog.at_level(logging.WARNING, logger="celery_checkpoint.results"):
+        report = Resumer(cliapp.app, store, LIVE).scan()
+    assert report.outcomes == dict.fromkeys(task_ids, Outcome.RESUMED), "the checkpoints decide"
+    assert set(published()) == task_ids
+    assert "could not say whether 2 interrupted tasks already finished" in caplog.text
+    assert "Connection refused" in caplog.text
+
+
 def test_show_counts_the_resends_no_run_has_answered(store: CheckpointStore) -> None:
     task_id, _ = put(store, {"i": 2})
     claim = store.claim(task_id, DEAD, LIVE, 5)
