@@ -3,10 +3,11 @@
 A task can finish while its checkpoint outlives it (the store was down when
 the run tried to delete it). The resume scan asks the result backend before
 it sends such a task again. Asked one task at a time, a scan of 1,000
-interrupted tasks with a Redis result backend made 1,000 round trips, and a
-backend that had gone away cost each of them its connect timeout. A
-key-value backend (Redis, memcached, the in-memory cache) answers a whole
-batch in one ``mget``.
+interrupted tasks with a Redis result backend made 1,000 round trips (a
+quarter more time in all, BENCHMARKS.md figure 7d), and a backend that
+stopped answering cost each of them its timeout (``redis_socket_timeout``,
+120 s by default). A key-value backend (Redis, memcached, the in-memory
+cache) answers a whole batch in one ``mget``.
 """
 
 from __future__ import annotations
