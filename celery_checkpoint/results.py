@@ -41,8 +41,9 @@ def finished(tasks: Iterable[tuple[Any, str]]) -> set[str]:
         except Exception as exc:
             logger.warning(
                 "the result backend could not say whether %d interrupted tasks already finished; "
-                "their checkpoints decide: %r",
+                "their checkpoints decide: %s: %s",
                 len(pairs),
+                type(exc).__name__,
                 exc,
             )
     return done

@@ -80,10 +80,10 @@ def listed(*args: str) -> dict[str, dict[str, Any]]:
     return {entry["task_id"] or entry["key"]: entry for entry in json.loads(result.stdout)}
 
 
-def published() -> dict[str, Any]:
+def published(app: Any = cliapp.app) -> dict[str, Any]:
     """Every message ``resume`` sent to the app's in-memory broker, by task id (drains it)."""
     messages: dict[str, Any] = {}
-    with cliapp.app.connection_for_read() as conn:
+    with app.connection_for_read() as conn:
         queue = conn.SimpleQueue("celery")
         try:
             while True:
@@ -525,6 +525,45 @@ def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+def test_a_scan_asks_a_real_redis_result_backend_and_resumes_when_it_is_gone(
+    store: CheckpointStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Celery's own Redis result backend on a private redis-server, stopped half way."""
+    from celery import Celery
+    from celery.result import denied_join_result
+
+    from celery_checkpoint import CheckpointTask
+
+    backend_server = RedisServer(tmp_path / "results").start()
+    app = Celery(f"scanres-{uuid.uuid4().hex[:6]}", broker="memory://", backend=f"{backend_server.url}/0")
+
+    name = f"scanres.crunch-{uuid.uuid4().hex[:6]}"
+
+    @app.task(base=CheckpointTask, bind=True, name=name, shared=False)
+    def crunch(self: Any, n: int, checkpoint: Any) -> None: ...
+
+    # As in a worker's main process, which never waits on results: the scan's
+    # re-sends subscribe to none.
+    with denied_join_result():
+        try:
+            done, unfinished = put(store, {"i": 3}, name=name)[0], put(store, {"i": 4}, name=name)[0]
+            app.backend.store_result(done, 6, "SUCCESS")
+            report = Resumer(app, store, LIVE).scan()
+            assert report.outcomes == {done: Outcome.GONE, unfinished: Outcome.RESUMED}
+            assert store.get(done) is None and list(published(app)) == [unfinished]
+
+            lost = put(store, {"i": 5}, name=name)[0]
+            backend_server.stop()
+            with caplog.at_level(logging.WARNING, logger="celery_checkpoint.results"):
+                assert Resumer(app, store, LIVE).scan().outcomes[lost] is Outcome.RESUMED
+            assert list(published(app)) == [lost], "with the backend gone, the checkpoint decides"
+            assert "the result backend could not say whether" in caplog.text
+            assert "Connection refused" in caplog.text
+        finally:
+            backend_server.stop()
+            app.close()
 
 
 def test_redis_store_end_to_end(redis_url: str) -> None:
