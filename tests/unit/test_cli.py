@@ -527,6 +527,8 @@ def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         server.stop()
 
 
+# Celery 5.7's Redis backend stores a result with redis-py's deprecated setex.
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 def test_a_scan_asks_a_real_redis_result_backend_and_resumes_when_it_is_gone(
     store: CheckpointStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
