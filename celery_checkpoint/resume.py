@@ -166,7 +166,11 @@ class Resumer:
         revoked: Container[str],
         record: CheckpointRecord | CorruptEntry | Unread | None,
     ) -> Outcome | _Ready:
-        """Everything that decides a candidate before its claim; what it would send."""
+        """Everything the candidate's own record decides before its claim; what it would send.
+
+        Whether the task already finished is the result backend's to say,
+        asked for a whole batch at once (:meth:`_drop_finished`).
+        """
         task_id = candidate.task_id
         if task_id in revoked:
             self.store.delete(task_id)

@@ -372,6 +372,9 @@ class RedisStore:
         return bool(self._call("park", task_id, lambda: self._park(keys=keys, args=args)))
 
     def park_many(self, parks: Sequence[tuple[str, int]], owner: str, status: Status) -> list[bool]:
+        if not parks:
+            return []
+
         def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for task_id, fence in parks:
@@ -379,7 +382,7 @@ class RedisStore:
                 self._park(keys=keys, args=args, client=pipe)
             return list(pipe.execute())
 
-        return [bool(reply) for reply in self._call("park", None, run)] if parks else []
+        return [bool(reply) for reply in self._call("park", None, run)]
 
     def _park_call(
         self,
