@@ -57,9 +57,16 @@ def note(task_id: str, event: str, **data: object) -> None:
         fh.write(json.dumps({"event": event, "pid": os.getpid(), **data}) + "\n")
 
 
-@app.task(base=CheckpointTask, bind=True)
-def count_to(self, n, step_seconds=0.05, checkpoint=None):
-    """Counts to n slowly, saving after every step; returns the sum 1..n."""
+# Room for a countdown retry on top of the store-error retries of an outage.
+@app.task(base=CheckpointTask, bind=True, max_retries=10)
+def count_to(self, n, step_seconds=0.05, checkpoint=None, retry_at=0, retry_countdown=0.5):
+    """Counts to n slowly, saving after every step; returns the sum 1..n.
+
+    With ``retry_at``, the run that reaches that step saves it and retries with
+    a ``countdown``, once per task (the checkpoint remembers it): an ETA
+    message, the kind kombu's Redis transport can lose to a SIGKILL (README,
+    *Lost retries*).
+    """
     state = checkpoint.load() or {"i": 0, "total": 0}
     note(
         self.request.id,
@@ -71,7 +78,7 @@ def count_to(self, n, step_seconds=0.05, checkpoint=None):
     )
     for i in range(state["i"], n):
         time.sleep(step_seconds * STEP_SCALE)
-        state = {"i": i + 1, "total": state["total"] + i + 1}
+        state = {**state, "i": i + 1, "total": state["total"] + i + 1}
         if NOTE_STEPS:
             note(self.request.id, "step", i=i + 1)
         try:
@@ -86,6 +93,11 @@ def count_to(self, n, step_seconds=0.05, checkpoint=None):
         except Exception as exc:
             note(self.request.id, "save-error", i=i + 1, error=type(exc).__name__)
             raise
+        if i + 1 == retry_at and not state.get("retried"):
+            state["retried"] = True
+            checkpoint.save(state, force=True)
+            note(self.request.id, "retry", i=i + 1)
+            raise self.retry(countdown=retry_countdown)
     note(self.request.id, "done", i=n)
     return state["total"]
 

@@ -16,6 +16,11 @@ holds that lock otherwise stops every restore for five minutes. A first load
 that fails in the outage retries due at once, after waiting in its run: as an
 ETA message it let kombu lose other messages to a SIGKILL, and with them tasks
 that had never saved (scripts/kombu_eta_loss.py).
+
+A third of the tasks retry once with a countdown halfway through, so the
+crashes also meet ETA retries: held in a worker's prefetch until due, and
+lost with it if kombu loses them; a worker's scan sends a lost retry again
+``requeue_after`` seconds after it was due.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ STEP = 0.05
 THROTTLE = 0.2
 CHAOS_SECONDS = 75
 DEADLINE = 240
+#: The share of tasks that retry once with a countdown.
+RETRYING = 1 / 3
 
 
 def total(n: int) -> int:
@@ -139,7 +146,9 @@ def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> Non
         for w in workers.values():
             w.wait_ready()
         sizes = [rng.randint(30, 90) for _ in range(TASKS)]
-        results = [client.delay("count_to", n, STEP) for n in sizes]
+        retry_at = [rng.randint(5, n - 5) if rng.random() < RETRYING else 0 for n in sizes]
+        calls = zip(sizes, retry_at, strict=True)
+        results = [client.delay("count_to", n, STEP, retry_at=k) for n, k in calls]
         started = time.monotonic()
 
         def all_ready() -> bool:
@@ -158,14 +167,27 @@ def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> Non
         wait_for(lambda: not list(client.store.scan()), 20, "no checkpoint left")
 
         resumes, redone, runs_with_done = 0, [], 0
+        retries = {
+            "asked of": sum(1 for k in retry_at if k),
+            "sent": 0,
+            "ran from its ETA message": 0,
+            "ran otherwise": 0,
+        }
         for r in results:
             evs = events(c, r.id)
-            runs = [e for e in evs if e["event"] == "start"]
-            resumes += max(len(runs) - 1, 0)
             runs_with_done += sum(1 for e in evs if e["event"] == "done") > 0
-            reached = 0
+            reached, after_retry = 0, False
             for e in evs:
-                if e["event"] == "start" and reached:
+                if e["event"] == "retry":
+                    retries["sent"] += 1
+                    after_retry = True
+                elif e["event"] == "start" and after_retry:
+                    # The run after a retry: its ETA message, or (killed around the
+                    # retry, or the message lost) a resume or the scan's re-send.
+                    retries["ran from its ETA message" if e["eta"] else "ran otherwise"] += 1
+                    after_retry = False
+                elif e["event"] == "start" and reached:
+                    resumes += 1
                     redone.append(reached - e["i"])
                 if e["event"] == "step":
                     reached = max(reached, e["i"])
@@ -174,9 +196,11 @@ def test_random_crashes_lose_nothing_and_finish_every_task_once(tmp_path) -> Non
         print(
             f"chaos: {counts['main']} main-process kills, {counts['child']} pool-child kills, "
             f"{counts['outage']} store outage; {TASKS} tasks, {resumes} resumes; "
+            f"countdown retries: {retries}; "
             f"work redone per resume in steps of {STEP}s (throttle window = {window:.0f} steps): "
             f"median {statistics.median(redone) if redone else 0}, max {max(redone, default=0)}; "
             f"{time.monotonic() - started:.0f}s"
         )
         assert runs_with_done == TASKS
         assert counts["main"] + counts["child"] >= 5, "the chaos must actually have happened"
+        assert retries["sent"] >= 1, "the chaos must have met countdown retries"

@@ -36,11 +36,11 @@ class Client:
         self.app = Celery("client", broker=env["CC_BROKER_URL"], backend=env["CC_BACKEND_URL"])
         self.store = create_store(env["CC_STORE_URL"])
 
-    def sig(self, name: str, *args: Any) -> Signature:
-        return self.app.signature(f"tests.apps.longtask.{name}", args=args)
+    def sig(self, name: str, *args: Any, **kwargs: Any) -> Signature:
+        return self.app.signature(f"tests.apps.longtask.{name}", args=args, kwargs=kwargs)
 
-    def delay(self, name: str, *args: Any) -> AsyncResult:
-        return self.sig(name, *args).delay()
+    def delay(self, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.sig(name, *args, **kwargs).delay()
 
 
 def connect(c: Cluster) -> Client:
