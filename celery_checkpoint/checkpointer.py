@@ -140,6 +140,7 @@ class Checkpointer:
         self._envelope = envelope
         self._on_persist = on_persist
         self._handed = handed
+        self._unseen = unseen
         if unseen:
             # A task id no run has used: nothing to read (see CheckpointTask.apply_async).
             self._begun = True
@@ -227,7 +228,8 @@ class Checkpointer:
             try:
                 if not self._begun:
                     self._begin()
-                saves = self._write(encoded, progress, time.time())
+                saved_at = time.time()
+                saves = self._write(encoded, progress, saved_at)
             except CheckpointStoreError:
                 if self.on_store_error == "warn":
                     logger.warning(
@@ -240,6 +242,7 @@ class Checkpointer:
             self._latest = encoded
             self.saves = saves
             self.progress = progress
+            self.saved_at = saved_at
             self._next_save = max(self._next_save, _monotonic() + self.throttle)
         if self._on_persist is not None:
             self._on_persist(self)
@@ -259,7 +262,6 @@ class Checkpointer:
         )
 
     def _write(self, encoded: EncodedState, progress: float | None, saved_at: float) -> int:
-        self.saved_at = saved_at
         if self._fence == 0:
             envelope = encode(
                 self._envelope(),
@@ -280,8 +282,11 @@ class Checkpointer:
             # Refused: another run holds a checkpoint, the task finished, or
             # this very run created it on an earlier attempt whose answer
             # was lost. The ownership rule tells them apart.
-            self._begun = False
-            self._begin()
+            if self._unseen:
+                self._reclaim_own_create()
+            else:
+                self._begun = False
+                self._begin()
             if self._fence == 0:
                 raise DuplicateRun(f"task {self.task_id}: its checkpoint is gone; this run stops")
         saves = self.store.update(self.task_id, self._fence, encoded, progress, saved_at)
@@ -342,6 +347,34 @@ class Checkpointer:
             f"task {self.task_id}: checkpoint in {self.store.url} kept changing hands; gave up taking it over"
         )
 
+    def _reclaim_own_create(self) -> None:
+        """After a refused create by a run that never read the store: only its own create is its.
+
+        Such a run started from nothing (its ``load()`` read no checkpoint),
+        so any other checkpoint of its task id, even one a scan would
+        resume, belongs to a copy of its message: taking it over would
+        overwrite that progress with this run's state from zero. The copy
+        stops instead, and the checkpoint is resumed as it would have been.
+        """
+        peek = self.store.peek(self.task_id)
+        own = (
+            peek.exists
+            and peek.status is Status.RUNNING
+            and peek.fence == 1
+            and peek.owner == self.owner
+            and peek.pid == self.pid
+            and runs_in_process.count(self.task_id) == 1
+        )
+        if not own:
+            reason = "already finished" if peek.done else "is held by another run"
+            raise DuplicateRun(f"task {self.task_id} {reason}; this copy of a new call stops")
+        self._unconfirmed_fence = 2
+        record = self.store.takeover(self.task_id, peek.fence, peek.owner, self.owner, self.pid)
+        self._unconfirmed_fence = 0
+        if record is None:
+            raise DuplicateRun(f"task {self.task_id}: its checkpoint changed hands; this run stops")
+        self._adopt(record)
+
     def _adopt(self, record: CheckpointRecord) -> None:
         self._begun = True
         self._fence = record.fence
@@ -368,7 +401,7 @@ class Checkpointer:
         is a failure, and then the delete is retried in the background like
         any settlement that failed.
         """
-        fence = self._fence
+        fence = self._fence or self._lost_fence()
         if not fence:
             return
         send = getattr(self.store, "finish_nowait", None)
@@ -377,6 +410,23 @@ class Checkpointer:
         else:
             send(self.task_id, fence, self.owner, functools.partial(self._finish_again, fence))
         self._fence = 0
+
+    def _lost_fence(self) -> int:
+        """The fence a create or takeover gave this run without its answer, if the store holds it.
+
+        The store may have applied a call whose answer never came (a
+        timeout, a soft time limit inside the call). Left alone, that
+        checkpoint would stay ``running`` under this live process after the
+        task ended, and a later scan would run a finished task again.
+        """
+        fence = self._unconfirmed_fence
+        if not fence:
+            return 0
+        peek = self.store.peek(self.task_id)
+        if peek.exists and peek.fence == fence and peek.owner == self.owner and peek.pid == self.pid:
+            self._unconfirmed_fence = 0
+            return fence
+        return 0
 
     def _finish_again(self, fence: int, exc: CheckpointStoreError) -> None:
         logger.warning("task %s: could not delete its checkpoint, will retry: %s", self.task_id, exc)
@@ -390,12 +440,13 @@ class Checkpointer:
         A checkpoint that cannot be decoded is kept, as ``poisoned``, for the
         CLI: deleting it would lose the evidence.
         """
-        if not self._fence:
+        fence = self._fence or self._lost_fence()
+        if not fence:
             return
         if isinstance(exc, CorruptCheckpoint):
-            self.store.park(self.task_id, self._fence, self.owner, Status.POISONED)
+            self.store.park(self.task_id, fence, self.owner, Status.POISONED)
         else:
-            self.store.finish(self.task_id, self._fence, self.owner)
+            self.store.finish(self.task_id, fence, self.owner)
         self._fence = 0
 
     def suspend(self, resend_after: float | None = None, call: Any = None) -> None:

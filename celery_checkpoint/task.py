@@ -27,7 +27,7 @@ from celery.worker.request import Request
 from .checkpointer import Checkpointer, NullCheckpointer
 from .config import CheckpointConfig
 from .envelope import FENCE_HEADER, FRESH_HEADER, envelope_from_request, envelope_from_retry
-from .errors import CheckpointError, CheckpointStoreError, DuplicateRun
+from .errors import CheckpointError, CheckpointHandoff, CheckpointStoreError, DuplicateRun
 from .events import persist_hook
 from .ownership import Handover
 from .record import accepted_content_types, warn_if_unsafe
@@ -141,7 +141,9 @@ class CheckpointTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
-        if request.called_directly or request.id is None:
+        # A run that calls its own task directly finds its own request on
+        # top (Celery pushes the direct call's after this): a plain call.
+        if request.called_directly or request.id is None or hasattr(request, "checkpoint"):
             if self._takes_checkpoint_arg:
                 kwargs[CHECKPOINT_ARG] = NullCheckpointer()
             return super().__call__(*args, **kwargs)
@@ -208,6 +210,11 @@ class CheckpointTask(Task):  # type: ignore[misc]
         so the retried delivery can take the checkpoint over even if this run
         could not mark it ``waiting`` (for instance because the store was down).
         """
+        if isinstance(exc, CheckpointHandoff):
+            # autoretry_for=(Exception,) catches the handoff (a Reject, not an
+            # Ignore): it must still reach Celery, which requeues the message
+            # at once, instead of becoming an ETA retry that spends a retry.
+            raise exc
         handle = getattr(self.request, "checkpoint", None)
         handover = handle.handover if isinstance(handle, Checkpointer) else None
         headers = {**(self.request.headers or {}), **(options.get("headers") or {})}
