@@ -28,6 +28,21 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Settings that are numbers (a string such as "30" from an env var is refused, not misread).
+_NUMBERS = frozenset(
+    {
+        "throttle",
+        "max_state_bytes",
+        "lease_ttl",
+        "sweep_interval",
+        "max_resumes",
+        "done_ttl",
+        "store_retry_delay",
+        "requeue_after",
+    }
+)
+
+
 @dataclass(frozen=True)
 class CheckpointConfig:
     """The effective settings for one task (app settings + task options)."""
@@ -62,6 +77,10 @@ class CheckpointConfig:
         return config
 
     def validate(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name in _NUMBERS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"checkpoint_{field.name} must be a number, not {value!r}")
         if self.on_store_error not in ("retry", "raise", "warn"):
             raise ValueError(
                 f"checkpoint_on_store_error must be 'retry', 'raise' or 'warn', not {self.on_store_error!r}"
@@ -70,3 +89,6 @@ class CheckpointConfig:
             raise ValueError("checkpoint_lease_ttl must be > 0")
         if self.sweep_interval <= 0:
             raise ValueError("checkpoint_sweep_interval must be > 0")
+        if self.done_ttl < 0.001:
+            # Redis keeps the marker with PX in whole milliseconds; 0 would fail every delete.
+            raise ValueError("checkpoint_done_ttl must be at least 0.001 (seconds)")

@@ -100,7 +100,8 @@ def open_session(ctx: click.Context, store_url: str | None) -> Iterator[Session]
     _refuse_missing_sqlite_file(url, shown)
     try:
         store = create_store(url, prefix=config.key_prefix, done_ttl=config.done_ttl)
-    except (ValueError, ImportError, CheckpointStoreError) as exc:
+    except (ValueError, TypeError, ImportError, CheckpointStoreError) as exc:
+        # TypeError: a third-party store class written for another protocol.
         raise Unavailable(one_line(f"checkpoint store {shown}: {exc}")) from exc
     try:
         yield Session(app, store, config)

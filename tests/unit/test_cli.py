@@ -482,6 +482,27 @@ def test_no_store_configured_exits_3(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_a_setting_of_the_wrong_kind_exits_3_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_lease_ttl", "30")  # from an env var, say
+    result = cli("list")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "Error: invalid checkpoint settings: checkpoint_lease_ttl must be a number, not '30'\n"
+    )
+
+
+def test_a_store_class_of_another_protocol_exits_3_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OldStore:  # a third-party store written for an older protocol
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+    monkeypatch.setattr("celery_checkpoint.stores.store_class", lambda scheme: OldStore)
+    result = cli("list", "--store", "oldstore://x")
+    assert result.exit_code == 3
+    assert result.stderr.startswith("Error: checkpoint store oldstore://x: ")
+    assert "Traceback" not in result.output
+
+
 def test_missing_sqlite_file_exits_3_without_creating_it(tmp_path: Path) -> None:
     path = tmp_path / "typo.db"
     result = cli("list", "--store", f"sqlite:///{path}")

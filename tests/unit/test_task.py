@@ -138,6 +138,24 @@ def test_a_bad_setting_is_a_clear_error() -> None:
         _ = work.checkpoint_config
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("checkpoint_lease_ttl", "30", "checkpoint_lease_ttl must be a number, not '30'"),
+        ("checkpoint_throttle", True, "checkpoint_throttle must be a number"),
+        ("checkpoint_done_ttl", 0, "checkpoint_done_ttl must be at least 0.001"),
+    ],
+)
+def test_a_setting_of_the_wrong_kind_is_a_clear_error(setting: str, value: Any, message: str) -> None:
+    app = make_app(checkpoint_store_url="memory://x", **{setting: value})
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None: ...
+
+    with pytest.raises(ValueError, match=message):
+        _ = work.checkpoint_config
+
+
 def test_pickle_opt_in_warns(caplog: pytest.LogCaptureFixture) -> None:
     app = make_app(checkpoint_store_url="memory://x", checkpoint_serializer="pickle")
 
