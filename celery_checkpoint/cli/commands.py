@@ -91,7 +91,13 @@ def purge(
             click.echo(f"  {_target_line(entry)}")
         if not yes:
             click.confirm("Delete them?", abort=True)
-        kept = [problem for problem in (_remove(session.store, entry) for entry in targets) if problem]
+        kept = [
+            problem
+            for problem in (
+                _changed_since_listed(session, entry) or _remove(session.store, entry) for entry in targets
+            )
+            if problem
+        ]
     for problem in kept:
         click.echo(problem, err=True)
     click.echo(f"deleted {len(targets) - len(kept)}, kept {len(kept)}")
@@ -114,6 +120,27 @@ def _target_line(entry: Entry) -> str:
     if entry.state == "running":
         line += " (its worker is alive: that run stops at its next save)"
     return line
+
+
+def _changed_since_listed(session: Session, entry: Entry) -> str | None:
+    """Why ``entry`` is kept because it changed after it was listed, or None.
+
+    Scans run every few seconds: an entry listed as interrupted may have
+    been resumed, and be a live run's checkpoint, by the time someone
+    answers the prompt. Only what was shown is deleted.
+    """
+    listed = entry.record
+    if listed is None or entry.task_id is None:
+        return None
+    try:
+        now = session.entry(entry.task_id)
+    except Refused:
+        return None  # gone already: _remove has nothing to do
+    except CheckpointStoreError as exc:
+        return f"kept {entry.key}: {one_line(str(exc))}"
+    if now.record is None or now.state != entry.state or now.record.fence != listed.fence:
+        return f"kept {entry.key}: it is {now.state} now, not {entry.state} as listed; run purge again"
+    return None
 
 
 def _remove(store: CheckpointStore, entry: Entry) -> str | None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from celery.bin.celery import celery as celery_command
 from click.testing import CliRunner, Result
@@ -450,6 +451,29 @@ def test_purge_warns_about_a_live_run(every_state: dict[str, str]) -> None:
     result = cli("purge", every_state["running"], "--yes")
     assert result.exit_code == 0
     assert "its worker is alive: that run stops at its next save" in result.stdout
+
+
+def test_purge_keeps_an_entry_resumed_while_the_prompt_was_open(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id, _ = put(store, {"i": 3})  # interrupted: its owner has no lease
+    real_confirm = click.confirm
+
+    def operator_thinks(*args: Any, **kwargs: Any) -> Any:
+        # Meanwhile a worker's scan re-sends it and the resumed run starts on a live worker.
+        Resumer(cliapp.app, store, LIVE).scan()
+        peek = store.peek(task_id)
+        assert store.takeover(task_id, peek.fence, peek.owner, LIVE, 4242) is not None
+        return real_confirm(*args, **kwargs)
+
+    monkeypatch.setattr(click, "confirm", operator_thinks)
+    result = cli("purge", "--state", "interrupted", input="y\n")
+    assert task_id in published()  # the scan's re-send, drained
+    assert result.exit_code == 1
+    assert f"kept {task_id}: it is running now, not interrupted as listed" in result.stderr
+    assert "deleted 0, kept 1" in result.stdout
+    record = store.get(task_id)
+    assert record is not None and record.owner == LIVE
 
 
 def test_purge_nothing_matched_and_usage(store: CheckpointStore) -> None:
