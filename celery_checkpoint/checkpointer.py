@@ -76,6 +76,8 @@ class NullCheckpointer:
 
     def fail(self, exc: BaseException | None = None) -> None: ...
 
+    def discard(self) -> None: ...
+
     def suspend(self, resend_after: float | None = None, call: Any = None) -> None: ...
 
     def release(self) -> None: ...
@@ -449,6 +451,22 @@ class Checkpointer:
             self.store.finish(self.task_id, fence, self.owner)
         self._fence = 0
 
+    def discard(self) -> None:
+        """Remove this run's checkpoint without marking the task id finished.
+
+        For ``self.replace()``: the replacement runs under this task id and
+        must find neither this body's state nor a "finished" marker. Checked
+        against this run's fence first, so a newer run's checkpoint is kept.
+        """
+        with self._lock:
+            fence = self._fence or self._lost_fence()
+            self._fence = 0
+            self._latest = None
+            if fence:
+                peek = self.store.peek(self.task_id)
+                if peek.exists and peek.fence == fence and peek.owner == self.owner:
+                    self.store.delete(self.task_id)
+
     def suspend(self, resend_after: float | None = None, call: Any = None) -> None:
         """The run asked Celery to retry: keep the checkpoint for the retried run.
 
@@ -475,9 +493,10 @@ class Checkpointer:
         self._fence = 0
 
     def release(self) -> None:
-        """Hand the checkpoint off to be resumed at once (shutdown handoff)."""
-        if self._fence:
-            self.store.park(self.task_id, self._fence, self.owner, Status.RELEASED)
+        """Hand the checkpoint off to be resumed at once (a shutdown handoff, a requeue)."""
+        fence = self._fence or self._lost_fence()
+        if fence:
+            self.store.park(self.task_id, fence, self.owner, Status.RELEASED)
             self._fence = 0
 
     def request_stop(self) -> None:

@@ -161,6 +161,10 @@ class CheckpointTask(Task):  # type: ignore[misc]
         except DuplicateRun as exc:
             logger.warning("%s", exc)
             raise
+        except (Ignore, Reject) as exc:
+            if not isinstance(exc, CheckpointError):  # those settle themselves
+                self._settle_unrecorded(exc)
+            raise
         except CheckpointStoreError as exc:
             if self.checkpoint_config.on_store_error != "retry" or request.is_eager:
                 raise
@@ -169,6 +173,35 @@ class CheckpointTask(Task):  # type: ignore[misc]
             opened = request.checkpoint
             if opened is not None:
                 opened.close()
+
+    def _settle_unrecorded(self, exc: Ignore | Reject) -> None:
+        """The body ended by ``Ignore`` or ``Reject``, outcomes Celery reports to no handler.
+
+        Left alone, the checkpoint would stay ``running`` under this live
+        process, so the next delivery of the task id would be dropped as a
+        duplicate, and a later scan would run the task again. A requeue
+        (``Reject(requeue=True)``) hands it to the requeued delivery, as a
+        shutdown handoff does; ``Ignore`` and a reject that drops the
+        message end the task: the checkpoint is deleted like a finished one's.
+        """
+        if isinstance(exc, Reject) and exc.requeue:
+            self._settle(self.request.id, lambda handle: handle.release())
+        else:
+            self._settle(self.request.id, lambda handle: handle.complete())
+
+    def on_replace(self, sig: Any) -> Any:
+        """Celery's ``replace``, once this run's checkpoint is gone.
+
+        The replacement runs under this task id, and may be sent to another
+        worker at once: it must not find this body's state, nor a checkpoint
+        running under this live process (it would be dropped as a
+        duplicate), nor a "finished" marker. So the checkpoint is removed
+        before the replacement is sent.
+        """
+        handle = getattr(self.request, "checkpoint", None)
+        if isinstance(handle, Checkpointer):
+            handle.discard()
+        return super().on_replace(sig)
 
     def _retry_after_store_error(self, exc: CheckpointStoreError) -> BaseException:
         """Wait out the delay in this run, then re-send the task due at once.

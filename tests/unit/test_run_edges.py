@@ -15,6 +15,7 @@ import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery
 from celery.app.trace import build_tracer
+from celery.exceptions import Ignore, Reject
 
 from celery_checkpoint import CheckpointTask, NullCheckpointer
 from celery_checkpoint.envelope import FRESH_HEADER
@@ -186,3 +187,104 @@ def test_a_copy_of_a_new_call_does_not_take_over_a_checkpoint_waiting_to_resume(
     record = store.get(task_id)
     assert record is not None and record.state.payload == b'{"i": 50}', "the copy overwrote the progress"
     assert record.status is Status.QUEUED, "the copy took over the re-sent checkpoint"
+
+
+def on_two_live_workers(monkeypatch: pytest.MonkeyPatch, store: CheckpointStore) -> dict[str, str]:
+    """Runs owned by ``owner["id"]``: switch it to run the next delivery on the other worker."""
+    store.register("w1@h|a", 60.0)
+    store.register("w2@h|b", 60.0)
+    owner = {"id": "w1@h|a"}
+    monkeypatch.setattr("celery_checkpoint.task.current_worker_id", lambda hostname: owner["id"])
+    return owner
+
+
+def next_message(app: Celery) -> Any:
+    with app.connection() as conn:
+        queue = conn.SimpleQueue(app.conf.task_default_queue)
+        try:
+            message = queue.get(timeout=1)
+            message.ack()
+            return message
+        finally:
+            queue.close()
+
+
+def test_a_replacement_on_another_worker_starts_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, store = worker_app()
+    owner = on_two_live_workers(monkeypatch, store)
+    runs: list[Any] = []
+
+    @app.task(base=CheckpointTask, bind=True, name=f"step-{uuid.uuid4().hex}")
+    def step(self: CheckpointTask, n: int, checkpoint: Any) -> int:
+        runs.append((n, checkpoint.load()))
+        checkpoint.save({"n": n})
+        if n == 0:
+            raise self.replace(step.si(n + 1))
+        return n
+
+    task_id = uuid.uuid4().hex
+    run_as_worker(app, step, task_id, [0])
+    assert store.get(task_id) is None, "the replaced run's checkpoint outlived it"
+    replacement = next_message(app)
+    assert replacement.headers["id"] == task_id
+    owner["id"] = "w2@h|b"
+    run_as_worker(app, step, task_id, [1])
+    assert runs == [(0, None), (1, None)], "the replacement was dropped, or loaded the replaced body's state"
+    assert app.AsyncResult(task_id).get(timeout=1) == 1
+    assert store.get(task_id) is None and store.peek(task_id).done
+
+
+def test_an_eager_replacement_by_the_same_task_runs() -> None:
+    app, store = worker_app(task_always_eager=True, task_store_eager_result=True)
+    runs: list[Any] = []
+
+    @app.task(base=CheckpointTask, bind=True, name=f"step-{uuid.uuid4().hex}")
+    def step(self: CheckpointTask, n: int, checkpoint: Any) -> int:
+        runs.append((n, checkpoint.load()))
+        checkpoint.save({"n": n})
+        if n == 0:
+            return self.replace(step.si(n + 1))  # type: ignore[no-any-return]
+        return n
+
+    result = step.apply(args=(0,))
+    assert result.get() == 1 and runs == [(0, None), (1, None)]
+    assert store.get(result.id) is None
+
+
+def test_a_requeued_reject_hands_the_checkpoint_to_the_next_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, store = worker_app()
+    owner = on_two_live_workers(monkeypatch, store)
+    loaded: list[Any] = []
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> str:
+        loaded.append(checkpoint.load())
+        checkpoint.save({"i": len(loaded)})
+        if len(loaded) == 1:
+            raise Reject("not now", requeue=True)
+        return "done"
+
+    task_id = uuid.uuid4().hex
+    run_as_worker(app, work, task_id, [])
+    record = store.get(task_id)
+    assert record is not None and record.status is Status.RELEASED
+    owner["id"] = "w2@h|b"  # the requeued message, on another live worker
+    delivery = {"redelivered": True, "exchange": "", "routing_key": app.conf.task_default_queue}
+    run_as_worker(app, work, task_id, [], delivery_info=delivery)
+    assert loaded == [None, {"i": 1}], "the requeued delivery was dropped, or did not resume"
+    assert app.AsyncResult(task_id).get(timeout=1) == "done"
+
+
+@pytest.mark.parametrize("ended_by", [Ignore(), Reject("bad input", requeue=False)], ids=["ignore", "reject"])
+def test_a_run_that_ends_in_ignore_or_a_dropping_reject_deletes_its_checkpoint(ended_by: Exception) -> None:
+    app, store = worker_app()
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+        raise ended_by
+
+    task_id = uuid.uuid4().hex
+    run_as_worker(app, work, task_id, [])
+    assert store.get(task_id) is None, "the checkpoint stayed running under a live process"
+    assert store.peek(task_id).done
