@@ -60,6 +60,9 @@ T = TypeVar("T")
 CREATE_KEYS, CREATE_ARGS = 6, 12
 FINISH_KEYS, FINISH_ARGS = 6, 3
 
+#: What Redis's glob matching (SCAN MATCH, KEYS) gives a meaning; a backslash escapes any of them.
+GLOB_SPECIAL = frozenset("*?[]\\")
+
 REQUIRED_FIELDS = ("name", "status", "owner", "fence", "saves", "resumes", "saved_at", "created_at", "state")
 
 
@@ -599,10 +602,13 @@ class RedisStore:
             self.key("save", ""),
             self.call_key(""),
         )
+        # MATCH reads the prefix as a glob: unescaped, ``ck[1]:`` would match
+        # none of its own keys, and ``cp?:`` other stores' keys as foreign ones.
+        pattern = _glob_escape(self.prefix) + "*"
         keys = self._call(
             "list",
             None,
-            lambda: sorted(_text(k) for k in self.client.scan_iter(match=self.prefix + "*", count=1000)),
+            lambda: sorted(_text(k) for k in self.client.scan_iter(match=pattern, count=1000)),
         )
         for key in keys:
             if key in structural or key.startswith(internal_prefixes):
@@ -646,6 +652,11 @@ class RedisStore:
     def close(self) -> None:
         self._wire.close()
         self.client.close()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a Redis glob that matches only itself."""
+    return "".join("\\" + char if char in GLOB_SPECIAL else char for char in text)
 
 
 def _text(value: Any) -> str:
