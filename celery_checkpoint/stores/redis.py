@@ -238,7 +238,8 @@ class RedisStore:
         parts += (
             recurring(envelope.content_type),
             recurring(envelope.content_encoding),
-            frame("" if new.progress is None else repr(new.progress)),
+            # float(): a float subclass may repr as no number (numpy 2: "np.float64(0.5)")
+            frame("" if new.progress is None else repr(float(new.progress))),
             frame(repr(new.saved_at)),
         )
         try:
@@ -262,7 +263,7 @@ class RedisStore:
                 "cenc",
                 state.content_encoding,
                 "progress",
-                "" if progress is None else repr(progress),
+                "" if progress is None else repr(float(progress)),  # as in create()
                 "saved_at",
                 repr(saved_at),
             ),

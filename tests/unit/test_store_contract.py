@@ -83,6 +83,28 @@ def test_the_state_follows_the_fence_and_a_stale_save_changes_nothing(store: Che
         assert list(store.client.scan_iter(match=f"{store.prefix}save:*")) == []
 
 
+class Float64(float):
+    """What numpy 2's ``np.float64`` is: a float whose repr is not a bare number."""
+
+    def __repr__(self) -> str:
+        return f"np.float64({float(self)!r})"
+
+
+def test_progress_of_any_float_type_reads_back_as_a_number(store: CheckpointStore) -> None:
+    new = NewCheckpoint("app.task", W1, 4242, _state(b'{"i": 1}'), _state(b"{}"), Float64(0.25), time.time())
+    assert store.create("t1", new) == 1
+    record = store.get("t1")
+    assert record is not None and record.progress == 0.25
+    taken = store.takeover("t1", 1, W1, W2, 1)  # a resumed run reads the record too
+    assert taken is not None and taken.progress == 0.25
+    assert store.update("t1", 2, _state(b'{"i": 2}'), Float64(0.5), time.time()) == 2
+    record = store.get("t1")
+    assert record is not None and record.progress == 0.5
+    assert store.update("t1", 2, _state(b'{"i": 3}'), True, time.time()) == 3  # a bool is an int
+    record = store.get("t1")
+    assert record is not None and record.progress == 1.0
+
+
 def test_peek_reports_owner_liveness_and_done_marker(store: CheckpointStore) -> None:
     assert not store.peek("t1").exists
     store.register(W1, 30)
