@@ -263,10 +263,14 @@ class SQLiteStore:
                 ).fetchone()
                 return Peek(exists=False, done=done is not None)
             status, owner, pid, fence, expires = row
+            try:
+                parsed = Status(status)
+            except ValueError:  # as Redis reports it: the caller handles a corrupt checkpoint, not this
+                raise CorruptCheckpoint(f"task {task_id}: unknown checkpoint status {status!r}") from None
             return Peek(
                 exists=True,
                 done=False,
-                status=_status(status),
+                status=parsed,
                 owner=owner,
                 pid=pid,
                 fence=fence,

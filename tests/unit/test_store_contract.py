@@ -228,6 +228,17 @@ def _break(store: CheckpointStore, task_id: str) -> None:
             conn.execute("UPDATE checkpoints SET status = 'bogus' WHERE task_id = ?", (task_id,))
 
 
+def test_peek_reports_an_unknown_status_as_corrupt(store: CheckpointStore) -> None:
+    store.create("t1", _new(W1))
+    if isinstance(store, RedisStore):
+        store.client.hset(store.record_key("t1"), "status", "paused")
+    else:
+        with store._transaction("break") as conn:  # type: ignore[attr-defined]
+            conn.execute("UPDATE checkpoints SET status = 'paused' WHERE task_id = 't1'")
+    with pytest.raises(CorruptCheckpoint, match="t1"):
+        store.peek("t1")
+
+
 def test_get_many_reads_in_order_and_reports_missing_and_unreadable(store: CheckpointStore) -> None:
     store.create("a", _new(W1, b'{"i": 1}'))
     store.create("b", _new(W2, b'{"i": 2}'))
