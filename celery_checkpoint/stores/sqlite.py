@@ -462,7 +462,10 @@ class SQLiteStore:
         with self._errors("read owned checkpoints"):  # a read: no write lock, as in get()
             rows = (
                 self._connection()
-                .execute("SELECT task_id FROM checkpoints WHERE owner = ? ORDER BY task_id", (worker_id,))
+                .execute(
+                    "SELECT task_id FROM checkpoints WHERE owner = ? AND status IN (?, ?) ORDER BY task_id",
+                    (worker_id, *ACTIVE),
+                )
                 .fetchall()
             )
         return [task_id for (task_id,) in rows]

@@ -151,6 +151,18 @@ def test_held_by_lists_what_a_worker_owns_until_it_parks_it(store: CheckpointSto
     assert store.held_by(worker_id("w9@host", "none")) == []
 
 
+def test_held_by_leaves_out_a_checkpoint_its_claim_poisoned(store: CheckpointStore) -> None:
+    """A lost pool process's run claimed by its own worker once it was resumed too often."""
+    store.register(W1, 30)
+    store.create("lost", _new(W1))
+    store.create("live", _new(W1))
+    assert store.claim("lost", W1, W1, 0).outcome is ClaimOutcome.POISONED
+    assert store.held_by(W1) == ["live"]
+    store.create("dead", _new(W2))  # W2 never registered: dead; a scan poisons its run
+    assert store.claim("dead", W2, W1, 0).outcome is ClaimOutcome.POISONED
+    assert store.held_by(W2) == [] and store.held_by(W1) == ["live"]
+
+
 def test_restart_under_same_node_name_ends_old_lease(store: CheckpointStore) -> None:
     old = worker_id("w1@host", "old")
     new = worker_id("w1@host", "new")
