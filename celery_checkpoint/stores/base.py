@@ -181,7 +181,11 @@ class CheckpointStore(Protocol):
         ...
 
     def held_by(self, worker_id: str) -> list[str]:
-        """Task ids whose checkpoint is owned by ``worker_id`` (running or not)."""
+        """Task ids whose checkpoint ``worker_id`` holds: running, or queued by its claim.
+
+        Not a poisoned one, though it keeps the owner that last held it: it is
+        kept for inspection only, and no worker acts on it again.
+        """
         ...
 
     def claim(

@@ -30,6 +30,9 @@ class MemoryStore(SQLiteStore):
     def _connection(self) -> sqlite3.Connection:
         return self._conn
 
+    def _drop_connection(self, conn: sqlite3.Connection) -> None:
+        """Keep it: this connection is the database, and closing it would lose every checkpoint."""
+
     def update(
         self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float
     ) -> int | None:

@@ -60,6 +60,9 @@ T = TypeVar("T")
 CREATE_KEYS, CREATE_ARGS = 6, 12
 FINISH_KEYS, FINISH_ARGS = 6, 3
 
+#: What Redis's glob matching (SCAN MATCH, KEYS) gives a meaning; a backslash escapes any of them.
+GLOB_SPECIAL = frozenset("*?[]\\")
+
 REQUIRED_FIELDS = ("name", "status", "owner", "fence", "saves", "resumes", "saved_at", "created_at", "state")
 
 
@@ -235,7 +238,8 @@ class RedisStore:
         parts += (
             recurring(envelope.content_type),
             recurring(envelope.content_encoding),
-            frame("" if new.progress is None else repr(new.progress)),
+            # float(): a float subclass may repr as no number (numpy 2: "np.float64(0.5)")
+            frame("" if new.progress is None else repr(float(new.progress))),
             frame(repr(new.saved_at)),
         )
         try:
@@ -259,7 +263,7 @@ class RedisStore:
                 "cenc",
                 state.content_encoding,
                 "progress",
-                "" if progress is None else repr(progress),
+                "" if progress is None else repr(float(progress)),  # as in create()
                 "saved_at",
                 repr(saved_at),
             ),
@@ -599,10 +603,13 @@ class RedisStore:
             self.key("save", ""),
             self.call_key(""),
         )
+        # MATCH reads the prefix as a glob: unescaped, ``ck[1]:`` would match
+        # none of its own keys, and ``cp?:`` other stores' keys as foreign ones.
+        pattern = _glob_escape(self.prefix) + "*"
         keys = self._call(
             "list",
             None,
-            lambda: sorted(_text(k) for k in self.client.scan_iter(match=self.prefix + "*", count=1000)),
+            lambda: sorted(_text(k) for k in self.client.scan_iter(match=pattern, count=1000)),
         )
         for key in keys:
             if key in structural or key.startswith(internal_prefixes):
@@ -646,6 +653,11 @@ class RedisStore:
     def close(self) -> None:
         self._wire.close()
         self.client.close()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a Redis glob that matches only itself."""
+    return "".join("\\" + char if char in GLOB_SPECIAL else char for char in text)
 
 
 def _text(value: Any) -> str:

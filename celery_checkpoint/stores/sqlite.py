@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 from ..errors import CheckpointError, CheckpointStoreError, CorruptCheckpoint
@@ -207,16 +207,44 @@ class SQLiteStore:
 
     @contextmanager
     def _transaction(self, op: str, task_id: str | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction that nothing leaves open on this thread's connection.
+
+        ``BEGIN`` and ``COMMIT`` are inside the guard: ``BEGIN IMMEDIATE`` can
+        wait up to the busy timeout for the lock, and an exception raised by a
+        signal handler during that wait (a soft time limit) surfaces just
+        after it returns. Left open, the transaction would lock every other
+        process out and swallow this thread's later autocommit saves, which
+        would report success and never be committed.
+        """
         with self._errors(op, task_id):
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
                 conn.execute("COMMIT")
+            except BaseException:
+                self._roll_back(conn)
+                raise
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        """End the open transaction, if any, keeping the exception that interrupted it.
+
+        A connection that cannot roll back is dropped: closing it rolls back,
+        and this thread opens a new one on its next call.
+        """
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._drop_connection(conn)
+            if not isinstance(exc, sqlite3.Error):
+                raise
+
+    def _drop_connection(self, conn: sqlite3.Connection) -> None:
+        if getattr(self._local, "conn", None) is conn:
+            del self._local.conn
+        with suppress(sqlite3.Error):  # forgotten either way: never used again
+            conn.close()
 
     # -- runs --------------------------------------------------------------
 
@@ -235,10 +263,14 @@ class SQLiteStore:
                 ).fetchone()
                 return Peek(exists=False, done=done is not None)
             status, owner, pid, fence, expires = row
+            try:
+                parsed = Status(status)
+            except ValueError:  # as Redis reports it: the caller handles a corrupt checkpoint, not this
+                raise CorruptCheckpoint(f"task {task_id}: unknown checkpoint status {status!r}") from None
             return Peek(
                 exists=True,
                 done=False,
-                status=_status(status),
+                status=parsed,
                 owner=owner,
                 pid=pid,
                 fence=fence,
@@ -430,7 +462,10 @@ class SQLiteStore:
         with self._errors("read owned checkpoints"):  # a read: no write lock, as in get()
             rows = (
                 self._connection()
-                .execute("SELECT task_id FROM checkpoints WHERE owner = ? ORDER BY task_id", (worker_id,))
+                .execute(
+                    "SELECT task_id FROM checkpoints WHERE owner = ? AND status IN (?, ?) ORDER BY task_id",
+                    (worker_id, *ACTIVE),
+                )
                 .fetchall()
             )
         return [task_id for (task_id,) in rows]

@@ -83,6 +83,28 @@ def test_the_state_follows_the_fence_and_a_stale_save_changes_nothing(store: Che
         assert list(store.client.scan_iter(match=f"{store.prefix}save:*")) == []
 
 
+class Float64(float):
+    """What numpy 2's ``np.float64`` is: a float whose repr is not a bare number."""
+
+    def __repr__(self) -> str:
+        return f"np.float64({float(self)!r})"
+
+
+def test_progress_of_any_float_type_reads_back_as_a_number(store: CheckpointStore) -> None:
+    new = NewCheckpoint("app.task", W1, 4242, _state(b'{"i": 1}'), _state(b"{}"), Float64(0.25), time.time())
+    assert store.create("t1", new) == 1
+    record = store.get("t1")
+    assert record is not None and record.progress == 0.25
+    taken = store.takeover("t1", 1, W1, W2, 1)  # a resumed run reads the record too
+    assert taken is not None and taken.progress == 0.25
+    assert store.update("t1", 2, _state(b'{"i": 2}'), Float64(0.5), time.time()) == 2
+    record = store.get("t1")
+    assert record is not None and record.progress == 0.5
+    assert store.update("t1", 2, _state(b'{"i": 3}'), True, time.time()) == 3  # a bool is an int
+    record = store.get("t1")
+    assert record is not None and record.progress == 1.0
+
+
 def test_peek_reports_owner_liveness_and_done_marker(store: CheckpointStore) -> None:
     assert not store.peek("t1").exists
     store.register(W1, 30)
@@ -127,6 +149,18 @@ def test_held_by_lists_what_a_worker_owns_until_it_parks_it(store: CheckpointSto
     assert store.park("a", 1, W1, Status.RELEASED)
     assert store.held_by(W1) == ["b"]
     assert store.held_by(worker_id("w9@host", "none")) == []
+
+
+def test_held_by_leaves_out_a_checkpoint_its_claim_poisoned(store: CheckpointStore) -> None:
+    """A lost pool process's run claimed by its own worker once it was resumed too often."""
+    store.register(W1, 30)
+    store.create("lost", _new(W1))
+    store.create("live", _new(W1))
+    assert store.claim("lost", W1, W1, 0).outcome is ClaimOutcome.POISONED
+    assert store.held_by(W1) == ["live"]
+    store.create("dead", _new(W2))  # W2 never registered: dead; a scan poisons its run
+    assert store.claim("dead", W2, W1, 0).outcome is ClaimOutcome.POISONED
+    assert store.held_by(W2) == [] and store.held_by(W1) == ["live"]
 
 
 def test_restart_under_same_node_name_ends_old_lease(store: CheckpointStore) -> None:
@@ -204,6 +238,17 @@ def _break(store: CheckpointStore, task_id: str) -> None:
         store.create(task_id, _new(W1))
         with store._transaction("break") as conn:  # type: ignore[attr-defined]
             conn.execute("UPDATE checkpoints SET status = 'bogus' WHERE task_id = ?", (task_id,))
+
+
+def test_peek_reports_an_unknown_status_as_corrupt(store: CheckpointStore) -> None:
+    store.create("t1", _new(W1))
+    if isinstance(store, RedisStore):
+        store.client.hset(store.record_key("t1"), "status", "paused")
+    else:
+        with store._transaction("break") as conn:  # type: ignore[attr-defined]
+            conn.execute("UPDATE checkpoints SET status = 'paused' WHERE task_id = 't1'")
+    with pytest.raises(CorruptCheckpoint, match="t1"):
+        store.peek("t1")
 
 
 def test_get_many_reads_in_order_and_reports_missing_and_unreadable(store: CheckpointStore) -> None:
