@@ -270,7 +270,15 @@ class Resumer:
                 "task %s: could not re-enqueue it; it stays interrupted for the next scan", task_id
             )
             try:
-                self.store.park(task_id, claim.record.fence, self.claimer, Status.RELEASED)
+                # Nothing was sent: the resume the claim counted is given back,
+                # or a broker outage would poison a task interrupted once.
+                self.store.park(
+                    task_id,
+                    claim.record.fence,
+                    self.claimer,
+                    Status.RELEASED,
+                    resume_count=item.record.resume_count,
+                )
             except CheckpointStoreError as exc:  # the claimer's lease lapses; then it is interrupted again
                 logger.warning("task %s: its claim is not given back: %s", task_id, exc)
             return Outcome.FAILED

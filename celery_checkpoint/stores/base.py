@@ -142,6 +142,7 @@ class CheckpointStore(Protocol):
         status: Status,
         resend_after: float | None = None,
         call: EncodedState | None = None,
+        resume_count: int | None = None,
     ) -> bool:
         """Leave the record with no owner, as ``waiting`` (a retry), ``released``
         (a handoff, resumed by the next scan), ``queued`` (its message is in
@@ -151,6 +152,8 @@ class CheckpointStore(Protocol):
         no delivery has taken over is listed by ``interrupted`` and may be
         claimed, because its retry message was lost; ``None``: never.
         ``call``: a new recorded call (the retry's) to send from now on.
+        ``resume_count``: the count to put back (a claim whose message could
+        not be sent gives back the resume it counted); ``None``: unchanged.
         """
         ...
 

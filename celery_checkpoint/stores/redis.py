@@ -371,8 +371,9 @@ class RedisStore:
         status: Status,
         resend_after: float | None = None,
         call: EncodedState | None = None,
+        resume_count: int | None = None,
     ) -> bool:
-        keys, args = self._park_call(task_id, fence, owner, status, resend_after, call)
+        keys, args = self._park_call(task_id, fence, owner, status, resend_after, call, resume_count)
         return bool(self._call("park", task_id, lambda: self._park(keys=keys, args=args)))
 
     def park_many(self, parks: Sequence[tuple[str, int]], owner: str, status: Status) -> list[bool]:
@@ -396,6 +397,7 @@ class RedisStore:
         status: Status,
         resend_after: float | None = None,
         call: EncodedState | None = None,
+        resume_count: int | None = None,
     ) -> tuple[list[str], list[Any]]:
         new_call: tuple[bytes | str, str, str] = ("", "", "") if call is None else call
         keys = [
@@ -413,6 +415,7 @@ class RedisStore:
             status.value,
             "" if resend_after is None else int(resend_after * 1000),
             *new_call,
+            "" if resume_count is None else resume_count,
         ]
         return keys, args
 

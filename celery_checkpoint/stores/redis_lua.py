@@ -140,6 +140,7 @@ return 1
 #   it joins the waiting index, scored with that time, which the scan reads
 #   up to now, so pending retries cost the scan nothing until they are overdue.
 # ARGV[5..7] a new recorded call and its ectype/ecenc ('' = keep the recorded one)
+# ARGV[8] the resume count to put back ('' = unchanged)
 # -> 1 when parked, 0 when fenced out
 PARK = (
     NOW_MS
@@ -168,6 +169,9 @@ if ARGV[5] ~= '' then
   redis.call('SET', KEYS[7], ARGV[5])
   redis.call('HSET', KEYS[1], 'ectype', ARGV[6], 'ecenc', ARGV[7])
   redis.call('HDEL', KEYS[1], 'env')
+end
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[1], 'resumes', ARGV[8])
 end
 return 1
 """

@@ -387,6 +387,7 @@ class SQLiteStore:
         status: Status,
         resend_after: float | None = None,
         call: EncodedState | None = None,
+        resume_count: int | None = None,
     ) -> bool:
         now = time.time()
         resend_at = now + resend_after if status is Status.WAITING and resend_after is not None else None
@@ -398,6 +399,9 @@ class SQLiteStore:
         if call is not None:
             sql += ", envelope = ?, envelope_type = ?, envelope_encoding = ?"
             params += tuple(call)
+        if resume_count is not None:
+            sql += ", resume_count = ?"
+            params += (resume_count,)
         with self._errors("park", task_id):
             cur = self._connection().execute(
                 f"{sql} WHERE task_id = ? AND fence = ?", (*params, task_id, fence)

@@ -476,6 +476,27 @@ def test_purge_keeps_an_entry_resumed_while_the_prompt_was_open(
     assert record is not None and record.owner == LIVE
 
 
+def test_scans_in_a_broker_outage_do_not_poison_a_task_interrupted_once(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id, _ = put(store, {"i": 1})
+    crunch = cliapp.app.tasks[CRUNCH]
+    failures: list[Any] = []
+
+    def broker_down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(type(crunch), "apply_async", broker_down)
+    monkeypatch.setattr(crunch.backend, "mark_as_failure", lambda *a, **k: failures.append(a))
+    resumer = Resumer(cliapp.app, store, LIVE)
+    scans = crunch.checkpoint_config.max_resumes + 2
+    outcomes = [resumer.scan().outcomes[task_id] for _ in range(scans)]
+    assert outcomes == [Outcome.FAILED] * scans
+    record = store.get(task_id)
+    assert record is not None and record.status is Status.RELEASED and record.resume_count == 0
+    assert not failures, "a task that was never re-sent was marked FAILURE"
+
+
 def test_purge_nothing_matched_and_usage(store: CheckpointStore) -> None:
     assert cli("purge", "--state", "poisoned", "--yes").exit_code == 1
     assert cli("purge", "nope", "--yes").exit_code == 1

@@ -199,6 +199,18 @@ def test_claim_refuses_a_live_owner_but_not_its_own(store: CheckpointStore) -> N
     assert store.claim("t1", W1, W1, 5).outcome is ClaimOutcome.CLAIMED
 
 
+def test_a_claim_whose_message_could_not_be_sent_gives_its_resume_back(store: CheckpointStore) -> None:
+    store.create("t1", _new(W2))  # W2 died: interrupted once
+    for _ in range(3):  # three scans in a broker outage: each claims, fails to publish, gives back
+        claim = store.claim("t1", W2, W1, 1)
+        assert claim.outcome is ClaimOutcome.CLAIMED and claim.record is not None
+        assert claim.record.resume_count == 1
+        assert store.park("t1", claim.record.fence, W1, Status.RELEASED, resume_count=0)
+        record = store.get("t1")
+        assert record is not None and record.status is Status.RELEASED and record.resume_count == 0
+    # With max_resumes=1, a count kept by those claims would have poisoned it by the second.
+
+
 def test_claim_poisons_after_max_resumes(store: CheckpointStore) -> None:
     store.create("t1", _new(W2))
     first = store.claim("t1", W2, W1, 1)
