@@ -321,6 +321,10 @@ class Resumer:
             return None, f"task name {record.task_name!r} is not registered in this app"
         if not isinstance(task, CheckpointTask):
             return None, f"task {record.task_name!r} is not a CheckpointTask"
+        try:
+            task.checkpoint_config  # noqa: B018 - read once here, so one task's bad settings stop only its own resume
+        except ValueError as exc:
+            return None, f"task {record.task_name!r} has invalid checkpoint settings: {exc}"
         return task, ""
 
     def _bad(self, task_id: str, problem: str) -> Outcome:

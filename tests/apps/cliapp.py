@@ -39,3 +39,9 @@ def crunch(self, n, checkpoint):
 def plain(x):
     """Not a CheckpointTask: a checkpoint naming it cannot be resumed."""
     return x
+
+
+@app.task(base=CheckpointTask, bind=True, checkpoint_throttle="5")
+def misconfigured(self, checkpoint):
+    """A per-task setting of the wrong kind: its checkpoints cannot be resumed, and others still are."""
+    checkpoint.load()

@@ -497,6 +497,18 @@ def test_scans_in_a_broker_outage_do_not_poison_a_task_interrupted_once(
     assert not failures, "a task that was never re-sent was marked FAILURE"
 
 
+def test_one_tasks_invalid_settings_stop_only_its_own_resume(
+    store: CheckpointStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad, _ = put(store, {"i": 1}, name="tests.apps.cliapp.misconfigured")
+    good, _ = put(store, {"i": 1})
+    outcomes = Resumer(cliapp.app, store, LIVE).scan().outcomes
+    assert outcomes == {bad: Outcome.BAD, good: Outcome.RESUMED}
+    assert set(published()) == {good}
+    assert "checkpoint_throttle must be a number, not '5'" in caplog.text
+    assert store.get(bad) is not None
+
+
 def test_purge_nothing_matched_and_usage(store: CheckpointStore) -> None:
     assert cli("purge", "--state", "poisoned", "--yes").exit_code == 1
     assert cli("purge", "nope", "--yes").exit_code == 1
