@@ -368,8 +368,9 @@ class Checkpointer:
             and runs_in_process.count(self.task_id) == 1
         )
         if not own:
-            reason = "already finished" if peek.done else "is held by another run"
-            raise DuplicateRun(f"task {self.task_id} {reason}; this copy of a new call stops")
+            if peek.done:
+                raise DuplicateRun(f"task {self.task_id} already finished; dropping this late delivery")
+            raise DuplicateRun(f"task {self.task_id} is held by another run; this copy of a new call stops")
         self._unconfirmed_fence = 2
         record = self.store.takeover(self.task_id, peek.fence, peek.owner, self.owner, self.pid)
         self._unconfirmed_fence = 0
