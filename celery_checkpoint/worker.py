@@ -8,11 +8,13 @@ process:
 * ``worker_init`` registers the lease, which also ends the leases of earlier
   starts under the same node name: their runs are over, so their
   checkpoints are interrupted at once.
-* ``worker_ready`` starts the steward thread. It renews the lease every
-  third of ``checkpoint_lease_ttl`` and scans for interrupted checkpoints
-  right away and then every ``checkpoint_sweep_interval``. It is a thread,
-  not a timer on the worker's event loop, so store latency never stalls
-  message consumption (and a stalled event loop never lets the lease lapse).
+* ``worker_ready`` starts the steward's two threads. One renews the lease
+  every third of ``checkpoint_lease_ttl``; the other scans for interrupted
+  checkpoints right away and then every ``checkpoint_sweep_interval``.
+  Threads, not timers on the worker's event loop, so store latency never
+  stalls message consumption (and a stalled event loop never lets the lease
+  lapse); two of them, so a scan that blocks (a result backend or broker
+  that stopped answering) never lets it lapse either.
 * ``task_revoked`` removes the checkpoint of a revoked task.
 * ``worker_shutting_down`` (warm, soft or cold shutdown) asks every running
   checkpointed task to stop at its next ``save()`` and hand off: runs in
@@ -47,6 +49,9 @@ from .stores import CheckpointStore, ClaimOutcome, create_store
 
 logger = logging.getLogger(__name__)
 
+#: Seconds ``Steward.stop`` waits for its threads before it ends the lease.
+STOP_TIMEOUT = 5.0
+
 
 class Steward:
     """Keeps this worker's lease alive and resumes what dead workers left."""
@@ -60,7 +65,7 @@ class Steward:
             app, store, worker_id, released_grace=config.lease_ttl, queued_grace=config.requeue_after
         )
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.registered = False
         self.scans = 0
         #: No scan before this (monotonic) time: after a store outage every
@@ -76,29 +81,49 @@ class Steward:
             logger.error("checkpoint lease not registered (will keep trying): %s", exc)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="celery-checkpoint-steward", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._threads = [
+                threading.Thread(target=self._keep_lease, name="celery-checkpoint-lease", daemon=True),
+                threading.Thread(target=self._keep_scanning, name="celery-checkpoint-steward", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self, *, retire: bool = True) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        # The lease thread first: a renewal landing after retire() would
+        # bring the lease back. A scan stuck in a call that does not honour
+        # the stop (a hung result backend) is left behind, a daemon thread.
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if retire:
             try:
                 self.store.retire(self.worker_id)
             except CheckpointError as exc:
                 logger.warning("checkpoint lease not ended on shutdown (it will expire): %s", exc)
 
-    def _run(self) -> None:
+    def _keep_lease(self) -> None:
+        """Renew the lease on a thread of its own.
+
+        A scan can block far longer than a lease lives (a result backend that
+        stopped answering holds an ``MGET`` for ``redis_socket_timeout``, 120 s
+        by default; a slow broker, one publish per task), and a lapsed lease
+        hands this worker's live runs to the other workers' scans.
+        """
+        every = self.config.lease_ttl / 3
+        while not self._stop.is_set():
+            self._renew()
+            self._stop.wait(every)
+
+    def _keep_scanning(self) -> None:
         tick = min(self.config.lease_ttl / 3, self.config.sweep_interval)
         next_scan = next_release = 0.0
         while not self._stop.is_set():
-            self._renew()
             now = time.monotonic()
             if now >= next_release:
                 self.release_lost_runs()
-                next_release = now + self.config.sweep_interval
+                next_release = time.monotonic() + self.config.sweep_interval
             if self.config.resume_on_start and now >= next_scan and now >= self._quiet_until:
                 self.scan()
                 next_scan = time.monotonic() + self.config.sweep_interval
@@ -151,7 +176,7 @@ class Steward:
             logger.warning("checkpoint resume scan failed, will retry: %s", exc)
             return
         except Exception:
-            # This thread also renews the lease: nothing may end it.
+            # Nothing may end the scanning thread.
             logger.exception("checkpoint resume scan crashed, will retry")
             return
         self.scans += 1

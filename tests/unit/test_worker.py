@@ -1,0 +1,108 @@
+"""The worker's steward and lost-run handling, in-process: leases, scans, lost pool processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from celery import Celery
+
+from celery_checkpoint import CheckpointTask
+from celery_checkpoint.config import CheckpointConfig
+from celery_checkpoint.errors import CheckpointStoreError
+from celery_checkpoint.record import EncodedState, NewCheckpoint, worker_id
+from celery_checkpoint.resume import ScanReport
+from celery_checkpoint.stores import create_store
+from celery_checkpoint.worker import Steward
+
+W1 = worker_id("w1@host", "aaaa")
+W2 = worker_id("w2@host", "bbbb")
+
+
+def _state(payload: bytes = b'{"i": 1}') -> EncodedState:
+    return EncodedState(payload, "application/json", "utf-8")
+
+
+def _new(owner: str, pid: int, name: str = "app.task") -> NewCheckpoint:
+    return NewCheckpoint(name, owner, pid, _state(), _state(b'{"args": []}'), None, time.time())
+
+
+def make_task(**conf: Any) -> CheckpointTask:
+    """A registered CheckpointTask of an app of its own (``task.app``)."""
+    app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", backend="cache+memory://")
+    app.conf.update(**conf)
+
+    @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
+    def work(self: CheckpointTask, checkpoint: Any) -> None:
+        return None
+
+    app.finalize()
+    return app.tasks[work.name]  # type: ignore[no-any-return]
+
+
+def test_a_scan_that_blocks_does_not_let_the_lease_lapse() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    app = make_task(checkpoint_store_url=url, checkpoint_lease_ttl=0.6, checkpoint_sweep_interval=0.1).app
+    store = create_store(url)
+    steward = Steward(app, store, CheckpointConfig.from_sources(app.conf), W1)
+    steward.register()
+    scanning = threading.Event()
+    release = threading.Event()
+
+    def hung_scan(**_: Any) -> ScanReport:
+        scanning.set()
+        release.wait(10)  # a result backend or broker that stopped answering
+        return ScanReport()
+
+    steward.resumer.scan = hung_scan  # type: ignore[method-assign]
+    steward.start()
+    try:
+        assert scanning.wait(5)
+        time.sleep(3 * 0.6)  # three lease TTLs into the hung scan
+        assert store.leases()[W1] > time.time(), "the lease lapsed while a scan blocked"
+    finally:
+        release.set()
+        steward.stop()
+    assert W1 not in store.leases() or store.leases()[W1] <= time.time(), "stop() ends the lease"
+
+
+def test_no_scan_within_a_lease_ttl_of_a_failed_renewal() -> None:
+    """After an outage in which every lease lapsed, the others get a TTL to renew first."""
+    url = f"memory://{uuid.uuid4().hex}"
+    ttl = 0.6
+    app = make_task(checkpoint_store_url=url, checkpoint_lease_ttl=ttl, checkpoint_sweep_interval=0.05).app
+    store = create_store(url)
+    steward = Steward(app, store, CheckpointConfig.from_sources(app.conf), W1)
+    steward.register()
+    down = threading.Event()
+    failures: list[float] = []
+    scans: list[float] = []
+    heartbeat = store.heartbeat
+
+    def flaky_heartbeat(worker: str, lease_ttl: float) -> None:
+        if down.is_set():
+            failures.append(time.monotonic())
+            raise CheckpointStoreError("the store is down")
+        heartbeat(worker, lease_ttl)
+
+    def recorded_scan(**_: Any) -> ScanReport:
+        scans.append(time.monotonic())
+        return ScanReport()
+
+    store.heartbeat = flaky_heartbeat  # type: ignore[method-assign]
+    steward.resumer.scan = recorded_scan  # type: ignore[method-assign]
+    steward.start()
+    try:
+        time.sleep(0.3)
+        down.set()
+        time.sleep(0.5)
+        down.clear()
+        time.sleep(1.5 * ttl)
+    finally:
+        steward.stop()
+    assert failures, "the outage was never seen"
+    assert scans[-1] > failures[-1], "scans start again after the outage"
+    too_soon = [s - f for s in scans for f in failures if 0 < s - f < ttl]
+    assert not too_soon, f"scanned {too_soon} s after a failed renewal"
