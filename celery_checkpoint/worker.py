@@ -152,12 +152,22 @@ class Steward:
         task would be dropped as a duplicate of a run that no longer exists.
         Parked ``released``, it is taken over by the requeued message or
         resumed by a scan.
+
+        ``held_by`` and ``peek`` are two reads: a record listed may have been
+        taken over in between (a retry's handover, another worker's claim), and
+        its new owner's pid means nothing on this host. Only a record this
+        worker still owns is parked, at the fence that peek saw.
         """
         me = os.getpid()
         try:
             for task_id in self.store.held_by(self.worker_id):
                 peek = self.store.peek(task_id)
-                lost = peek.status is Status.RUNNING and peek.pid != me and not pid_alive(peek.pid)
+                lost = (
+                    peek.status is Status.RUNNING
+                    and peek.owner == self.worker_id
+                    and peek.pid != me
+                    and not pid_alive(peek.pid)
+                )
                 if lost and self.store.park(task_id, peek.fence, self.worker_id, Status.RELEASED):
                     logger.warning(
                         "task %s: its pool process %d is gone; checkpoint released for resume",

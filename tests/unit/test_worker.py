@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from celery import Celery
 
 from celery_checkpoint import CheckpointTask
 from celery_checkpoint.config import CheckpointConfig
 from celery_checkpoint.errors import CheckpointStoreError
-from celery_checkpoint.record import EncodedState, NewCheckpoint, worker_id
+from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker_id
 from celery_checkpoint.resume import ScanReport
-from celery_checkpoint.stores import create_store
+from celery_checkpoint.stores import CheckpointStore, create_store
 from celery_checkpoint.worker import Steward
+from tests.harness import RedisServer
 
 W1 = worker_id("w1@host", "aaaa")
 W2 = worker_id("w2@host", "bbbb")
@@ -106,3 +111,55 @@ def test_no_scan_within_a_lease_ttl_of_a_failed_renewal() -> None:
     assert scans[-1] > failures[-1], "scans start again after the outage"
     too_soon = [s - f for s in scans for f in failures if 0 < s - f < ttl]
     assert not too_soon, f"scanned {too_soon} s after a failed renewal"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
+    if request.param == "memory":
+        s = create_store(f"memory://{uuid.uuid4().hex}")
+    elif request.param == "sqlite":
+        s = create_store(f"sqlite:///{tmp_path}/checkpoints.db")
+    else:
+        server: RedisServer = request.getfixturevalue("private_redis")
+        s = create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
+    yield s
+    s.close()
+
+
+def _steward(store: CheckpointStore, me: str = W1) -> Steward:
+    config = CheckpointConfig.from_sources({"checkpoint_store_url": "memory://unused"})
+    return Steward(None, store, config, me)
+
+
+def test_a_run_of_ours_whose_pool_process_is_gone_is_released(store: CheckpointStore) -> None:
+    store.register(W1, 30)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert store.create("t1", _new(W1, gone.pid)) == 1
+    _steward(store).release_lost_runs()
+    record = store.get("t1")
+    assert record is not None and record.status is Status.RELEASED and record.owner == ""
+
+
+def test_a_run_taken_over_after_it_was_listed_is_not_released(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's pid means nothing on this host: its live run must not be fenced out."""
+    store.register(W1, 30)
+    store.register(W2, 30)
+    assert store.create("t1", _new(W1, 999_999)) == 1
+    listed = store.held_by
+
+    def listed_then_taken_over(worker: str) -> list[str]:
+        ids = listed(worker)
+        assert store.takeover("t1", 1, W1, W2, 4_000_000) is not None  # e.g. a retry's handover
+        return ids
+
+    monkeypatch.setattr(store, "held_by", listed_then_taken_over)
+    _steward(store).release_lost_runs()
+    record = store.get("t1")
+    assert record is not None and record.owner == W2 and record.status is Status.RUNNING
+    saved = store.update("t1", 2, _state(b'{"i": 2}'), None, time.time())
+    assert saved is not None, "W2's run was fenced out"
+    monkeypatch.undo()
+    assert store.held_by(W2) == ["t1"] and store.held_by(W1) == []
