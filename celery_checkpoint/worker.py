@@ -285,6 +285,12 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
         return
     if not (lost or timed_out):
         return
+    if _held_by_another_live_run(store, request):
+        logger.warning(
+            "task %s: a duplicate's process was lost; the checkpoint stays with the run that holds it",
+            request.id,
+        )
+        return
     requeued = task.acks_late and (
         (task.reject_on_worker_lost and lost) or (timed_out and not task.acks_on_failure_or_timeout)
     )
@@ -305,6 +311,26 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
             logger.warning("task %s: its process was lost; it resumes from its checkpoint", request.id)
     elif not worker_state.should_terminate:
         store.delete(request.id)  # a terminal failure stored by Celery
+
+
+def _held_by_another_live_run(store: CheckpointStore, request: Any) -> bool:
+    """Whether the checkpoint belongs to a live run other than the lost one.
+
+    The lost process may have run a duplicate delivery (e.g. OOM-killed
+    before its first ``save()`` found the task busy) while the real run goes
+    on in another pool process of this worker, or on another worker: claiming
+    or deleting its checkpoint would fence that run out. Without the lost
+    process's pid (``Request.worker_pid``, unknown if it died before Celery
+    heard it accepted the task) a run of this worker cannot be told apart,
+    and the checkpoint is taken as the lost run's.
+    """
+    peek = store.peek(request.id)
+    if peek.status is not Status.RUNNING:
+        return False
+    if peek.owner != identity.worker_id:
+        return peek.owner_alive
+    lost_pid = getattr(request, "worker_pid", None)
+    return bool(lost_pid) and peek.pid != lost_pid and pid_alive(peek.pid)
 
 
 signals.celeryd_init.connect(_name_this_start, weak=False)

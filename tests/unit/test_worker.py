@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from billiard.exceptions import WorkerLostError
 from celery import Celery
 
 from celery_checkpoint import CheckpointTask
@@ -18,8 +21,9 @@ from celery_checkpoint.config import CheckpointConfig
 from celery_checkpoint.errors import CheckpointStoreError
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker_id
 from celery_checkpoint.resume import ScanReport
+from celery_checkpoint.runtime import identity
 from celery_checkpoint.stores import CheckpointStore, create_store
-from celery_checkpoint.worker import Steward
+from celery_checkpoint.worker import Steward, on_run_lost
 from tests.harness import RedisServer
 
 W1 = worker_id("w1@host", "aaaa")
@@ -163,3 +167,76 @@ def test_a_run_taken_over_after_it_was_listed_is_not_released(
     assert saved is not None, "W2's run was fenced out"
     monkeypatch.undo()
     assert store.held_by(W2) == ["t1"] and store.held_by(W1) == []
+
+
+def _gone_pid() -> int:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
+@pytest.fixture
+def lost_task(monkeypatch: pytest.MonkeyPatch) -> Iterator[CheckpointTask]:
+    """A task as the worker's main process sees it, under worker id W1."""
+    monkeypatch.setattr(identity, "worker_id", W1)
+    task = make_task(checkpoint_store_url=f"memory://{uuid.uuid4().hex}")
+    store = task.checkpoint_store()
+    assert store is not None
+    store.register(W1, 30)
+    store.register(W2, 30)
+    yield task
+    store.close()
+
+
+def _lost() -> WorkerLostError:
+    return WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL).")
+
+
+@pytest.mark.parametrize("requeued", [True, False])
+def test_a_lost_duplicate_leaves_the_run_of_another_live_pool_process_alone(
+    lost_task: CheckpointTask, requeued: bool
+) -> None:
+    lost_task.reject_on_worker_lost = requeued
+    store = lost_task.checkpoint_store()
+    assert store is not None
+    fence = store.create("t1", _new(W1, os.getpid(), lost_task.name))  # the live run, in "process A"
+    on_run_lost(lost_task, SimpleNamespace(id="t1", worker_pid=_gone_pid()), _lost())  # "process B"
+    peek = store.peek("t1")
+    assert (peek.status, peek.owner, peek.pid, peek.fence) == (Status.RUNNING, W1, os.getpid(), fence)
+
+
+@pytest.mark.parametrize("requeued", [True, False])
+def test_a_lost_duplicate_leaves_another_live_workers_run_alone(
+    lost_task: CheckpointTask, requeued: bool
+) -> None:
+    lost_task.reject_on_worker_lost = requeued
+    store = lost_task.checkpoint_store()
+    assert store is not None
+    fence = store.create("t1", _new(W2, 4_000_000, lost_task.name))
+    on_run_lost(lost_task, SimpleNamespace(id="t1", worker_pid=_gone_pid()), _lost())
+    peek = store.peek("t1")
+    assert (peek.status, peek.owner, peek.fence) == (Status.RUNNING, W2, fence)
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["pid known", "pid unknown"])
+def test_the_lost_runs_checkpoint_is_handed_to_the_requeued_message(
+    lost_task: CheckpointTask, known: bool
+) -> None:
+    store = lost_task.checkpoint_store()
+    assert store is not None
+    pid = _gone_pid()
+    store.create("t1", _new(W1, pid, lost_task.name))
+    on_run_lost(lost_task, SimpleNamespace(id="t1", worker_pid=pid if known else None), _lost())
+    record = store.get("t1")
+    assert record is not None
+    assert (record.status, record.owner, record.resume_count) == (Status.QUEUED, "", 1)
+
+
+def test_a_lost_run_whose_message_is_not_requeued_loses_its_checkpoint(lost_task: CheckpointTask) -> None:
+    lost_task.reject_on_worker_lost = False
+    store = lost_task.checkpoint_store()
+    assert store is not None
+    pid = _gone_pid()
+    store.create("t1", _new(W1, pid, lost_task.name))
+    on_run_lost(lost_task, SimpleNamespace(id="t1", worker_pid=pid), _lost())
+    assert store.get("t1") is None
