@@ -292,7 +292,7 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
         )
         return
     requeued = task.acks_late and (
-        (task.reject_on_worker_lost and lost) or (timed_out and not task.acks_on_failure_or_timeout)
+        (task.reject_on_worker_lost and lost) or (timed_out and not _acks_on_timeout(task))
     )
     if requeued:
         # Claim it for this living worker before Celery requeues the message,
@@ -311,6 +311,21 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
             logger.warning("task %s: its process was lost; it resumes from its checkpoint", request.id)
     elif not worker_state.should_terminate:
         store.delete(request.id)  # a terminal failure stored by Celery
+
+
+def _acks_on_timeout(task: Any) -> bool:
+    """Whether Celery acks (does not requeue) a run that hit its hard time limit.
+
+    Celery 5.7 reads ``acks_on_timeout`` (``task_acks_on_timeout``), which
+    falls back to the deprecated ``acks_on_failure_or_timeout`` when unset;
+    older Celery has only the latter. Reading another flag than Celery does
+    deletes the checkpoint of a message Celery requeues, or keeps one Celery
+    failed for good.
+    """
+    flag = getattr(task, "acks_on_timeout", None)
+    if flag is None:
+        flag = getattr(task, "acks_on_failure_or_timeout", None)
+    return True if flag is None else bool(flag)
 
 
 def _held_by_another_live_run(store: CheckpointStore, request: Any) -> bool:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from billiard.exceptions import WorkerLostError
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery
 
 from celery_checkpoint import CheckpointTask
@@ -23,7 +23,7 @@ from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker
 from celery_checkpoint.resume import ScanReport
 from celery_checkpoint.runtime import identity
 from celery_checkpoint.stores import CheckpointStore, create_store
-from celery_checkpoint.worker import Steward, on_run_lost
+from celery_checkpoint.worker import Steward, _acks_on_timeout, on_run_lost
 from tests.harness import RedisServer
 
 W1 = worker_id("w1@host", "aaaa")
@@ -240,3 +240,38 @@ def test_a_lost_run_whose_message_is_not_requeued_loses_its_checkpoint(lost_task
     store.create("t1", _new(W1, pid, lost_task.name))
     on_run_lost(lost_task, SimpleNamespace(id="t1", worker_pid=pid), _lost())
     assert store.get("t1") is None
+
+
+@pytest.mark.parametrize(
+    ("conf", "requeued"),
+    [
+        ({"task_acks_on_timeout": False}, True),
+        ({"task_acks_on_timeout": True, "task_acks_on_failure_or_timeout": False}, False),
+        ({"task_acks_on_failure_or_timeout": False}, True),  # the deprecated flag, when the new one is unset
+        ({}, False),
+    ],
+)
+def test_a_timed_out_run_keeps_its_checkpoint_when_celery_requeues_it(
+    monkeypatch: pytest.MonkeyPatch, conf: dict[str, bool], requeued: bool
+) -> None:
+    monkeypatch.setattr(identity, "worker_id", W1)
+    task = make_task(checkpoint_store_url=f"memory://{uuid.uuid4().hex}", **conf)
+    celery_requeues = task.acks_late and not task.acks_on_timeout  # Celery 5.7's Request.on_failure
+    assert celery_requeues is requeued
+    store = task.checkpoint_store()
+    assert store is not None
+    store.register(W1, 30)
+    pid = _gone_pid()
+    store.create("t1", _new(W1, pid, task.name))
+    on_run_lost(task, SimpleNamespace(id="t1", worker_pid=pid), TimeLimitExceeded(10))
+    record = store.get("t1")
+    if requeued:
+        assert record is not None and record.status is Status.QUEUED, "Celery requeues it: it resumes"
+    else:
+        assert record is None, "Celery failed it for good"
+
+
+def test_celery_without_acks_on_timeout_reads_the_older_flag() -> None:
+    assert _acks_on_timeout(SimpleNamespace(acks_on_failure_or_timeout=False)) is False
+    assert _acks_on_timeout(SimpleNamespace(acks_on_failure_or_timeout=True)) is True
+    assert _acks_on_timeout(SimpleNamespace()) is True  # Celery's default
