@@ -32,6 +32,7 @@ import os
 import signal as os_signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
@@ -46,24 +47,44 @@ from .record import Status
 from .resume import Resumer, mark_poisoned
 from .runtime import identity, runs_in_process, start_worker_identity
 from .stores import CheckpointStore, ClaimOutcome, create_store
+from .stores.urls import redact
 
 logger = logging.getLogger(__name__)
 
 #: Seconds ``Steward.stop`` waits for its threads before it ends the lease.
 STOP_TIMEOUT = 5.0
+#: Seconds between attempts to hold a lease never held yet: the first wait,
+#: doubled per attempt up to the last (never above a third of the lease TTL).
+FIRST_RETRY = 0.1
+MAX_RETRY = 1.0
 
 
 class Steward:
-    """Keeps this worker's lease alive and resumes what dead workers left."""
+    """Keeps this worker's lease alive and resumes what dead workers left.
 
-    def __init__(self, app: Any, store: CheckpointStore, config: CheckpointConfig, worker_id: str) -> None:
+    ``store`` may be ``None`` when it could not be opened at worker start (a
+    SQLite file whose directory is mounted a moment later, Redis down): the
+    lease thread then keeps calling ``opener`` until it can, because the pool
+    processes open the store on their own once it is there, and their runs
+    must not be saved under an owner with no lease (every other worker's scan
+    would take them for interrupted ones).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        store: CheckpointStore | None,
+        config: CheckpointConfig,
+        worker_id: str,
+        *,
+        opener: Callable[[], CheckpointStore] | None = None,
+    ) -> None:
         self.app = app
-        self.store = store
         self.config = config
         self.worker_id = worker_id
-        self.resumer = Resumer(
-            app, store, worker_id, released_grace=config.lease_ttl, queued_grace=config.requeue_after
-        )
+        self._opener = opener
+        self.resumer: Resumer | None = None
+        self.store: CheckpointStore | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.registered = False
@@ -72,13 +93,28 @@ class Steward:
         #: worker's lease lapsed, so give the others a lease TTL to renew
         #: before treating them as dead.
         self._quiet_until = 0.0
+        #: Whether the last attempt to hold the lease failed (it is logged once
+        #: per outage while the lease was never held, not at every retry).
+        self._failing = False
+        if store is not None:
+            self._attach(store)
+        else:  # the caller logged why
+            self._quiet_until = time.monotonic() + config.lease_ttl
+            self._failing = True
+
+    def _attach(self, store: CheckpointStore) -> None:
+        # The resumer first: the scan thread reads ``store`` to know it may scan.
+        self.resumer = Resumer(
+            self.app,
+            store,
+            self.worker_id,
+            released_grace=self.config.lease_ttl,
+            queued_grace=self.config.requeue_after,
+        )
+        self.store = store
 
     def register(self) -> None:
-        try:
-            self.store.register(self.worker_id, self.config.lease_ttl)
-            self.registered = True
-        except CheckpointError as exc:
-            logger.error("checkpoint lease not registered (will keep trying): %s", exc)
+        self._renew()
 
     def start(self) -> None:
         if not self._threads:
@@ -97,7 +133,7 @@ class Steward:
         deadline = time.monotonic() + STOP_TIMEOUT
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if retire:
+        if retire and self.store is not None:
             try:
                 self.store.retire(self.worker_id)
             except CheckpointError as exc:
@@ -110,17 +146,28 @@ class Steward:
         stopped answering holds an ``MGET`` for ``redis_socket_timeout``, 120 s
         by default; a slow broker, one publish per task), and a lapsed lease
         hands this worker's live runs to the other workers' scans.
+
+        Until the lease is first held, attempts follow each other fast (from
+        ``FIRST_RETRY``, doubling up to ``MAX_RETRY``): meanwhile this
+        worker's runs may save under an owner no lease covers.
         """
         every = self.config.lease_ttl / 3
+        retry = FIRST_RETRY
         while not self._stop.is_set():
-            self._renew()
-            self._stop.wait(every)
+            if self._renew() or self.registered:
+                wait, retry = every, FIRST_RETRY
+            else:
+                wait, retry = min(retry, every), min(retry * 2, MAX_RETRY)
+            self._stop.wait(wait)
 
     def _keep_scanning(self) -> None:
         tick = min(self.config.lease_ttl / 3, self.config.sweep_interval)
         next_scan = next_release = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            if self.store is None:  # not opened yet: the lease thread keeps trying
+                self._stop.wait(tick)
+                continue
             if now >= next_release:
                 self.release_lost_runs()
                 next_release = time.monotonic() + self.config.sweep_interval
@@ -129,19 +176,39 @@ class Steward:
                 next_scan = time.monotonic() + self.config.sweep_interval
             self._stop.wait(tick)
 
-    def _renew(self) -> None:
+    def _renew(self) -> bool:
+        """Hold the lease (opening the store first if need be); whether it is held."""
         try:
+            store = self.store
+            if store is None:
+                if self._opener is None:
+                    return False
+                store = self._opener()
+                self._attach(store)
             if self.registered:
-                self.store.heartbeat(self.worker_id, self.config.lease_ttl)
+                store.heartbeat(self.worker_id, self.config.lease_ttl)
             else:
-                self.store.register(self.worker_id, self.config.lease_ttl)
+                store.register(self.worker_id, self.config.lease_ttl)
                 self.registered = True
+                if self._failing:
+                    logger.info("checkpoint lease registered at last: store %s", store.url)
         except CheckpointError as exc:
-            logger.warning("checkpoint lease not renewed: %s", exc)
-            self._quiet_until = time.monotonic() + self.config.lease_ttl
-        except Exception:
-            logger.exception("checkpoint lease renewal crashed, will retry")
-            self._quiet_until = time.monotonic() + self.config.lease_ttl
+            what = "renewed" if self.registered else "registered"
+            self._failed(f"checkpoint lease not {what} (will keep trying): %s", exc)
+            return False
+        except Exception as exc:
+            self._failed("checkpoint lease renewal crashed (will keep trying): %r", exc, crashed=True)
+            return False
+        self._failing = False
+        return True
+
+    def _failed(self, message: str, exc: BaseException, *, crashed: bool = False) -> None:
+        self._quiet_until = time.monotonic() + self.config.lease_ttl
+        if self.registered or not self._failing:
+            logger.log(logging.ERROR if crashed else logging.WARNING, message, exc, exc_info=crashed)
+        else:
+            logger.debug(message, exc)
+        self._failing = True
 
     def release_lost_runs(self) -> None:
         """Release this worker's checkpoints whose pool process died unnoticed.
@@ -158,17 +225,20 @@ class Steward:
         its new owner's pid means nothing on this host. Only a record this
         worker still owns is parked, at the fence that peek saw.
         """
+        store = self.store
+        if store is None:
+            return
         me = os.getpid()
         try:
-            for task_id in self.store.held_by(self.worker_id):
-                peek = self.store.peek(task_id)
+            for task_id in store.held_by(self.worker_id):
+                peek = store.peek(task_id)
                 lost = (
                     peek.status is Status.RUNNING
                     and peek.owner == self.worker_id
                     and peek.pid != me
                     and not pid_alive(peek.pid)
                 )
-                if lost and self.store.park(task_id, peek.fence, self.worker_id, Status.RELEASED):
+                if lost and store.park(task_id, peek.fence, self.worker_id, Status.RELEASED):
                     logger.warning(
                         "task %s: its pool process %d is gone; checkpoint released for resume",
                         task_id,
@@ -180,6 +250,8 @@ class Steward:
             logger.exception("checking for lost pool processes crashed, will retry")
 
     def scan(self) -> None:
+        if self.resumer is None:
+            return
         try:
             report = self.resumer.scan(revoked=worker_state.revoked)
         except CheckpointError as exc:
@@ -216,10 +288,20 @@ def _start_lease(sender: Any = None, **_: Any) -> None:
                 "and nothing will be resumed"
             )
         return
-    store = create_store(config.store_url, prefix=config.key_prefix, done_ttl=config.done_ttl)
-    _steward = Steward(worker.app, store, config, identity.worker_id)
-    _steward.register()
-    logger.info("checkpoints: store %s, worker id %s", store.url, identity.worker_id)
+
+    def open_store() -> CheckpointStore:
+        return create_store(config.store_url or "", prefix=config.key_prefix, done_ttl=config.done_ttl)
+
+    try:
+        store: CheckpointStore | None = open_store()
+    except CheckpointError as exc:
+        # Not fatal: the steward keeps trying, and holds the lease once it can.
+        logger.warning("checkpoint store not opened (will keep trying): %s", exc)
+        store = None
+    _steward = Steward(worker.app, store, config, identity.worker_id, opener=open_store)
+    if store is not None:
+        _steward.register()
+    logger.info("checkpoints: store %s, worker id %s", redact(config.store_url), identity.worker_id)
 
 
 def _start_steward(**_: Any) -> None:

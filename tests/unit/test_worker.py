@@ -17,6 +17,7 @@ from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery
 
 from celery_checkpoint import CheckpointTask
+from celery_checkpoint import worker as worker_module
 from celery_checkpoint.config import CheckpointConfig
 from celery_checkpoint.errors import CheckpointStoreError
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker_id
@@ -275,3 +276,31 @@ def test_celery_without_acks_on_timeout_reads_the_older_flag() -> None:
     assert _acks_on_timeout(SimpleNamespace(acks_on_failure_or_timeout=False)) is False
     assert _acks_on_timeout(SimpleNamespace(acks_on_failure_or_timeout=True)) is True
     assert _acks_on_timeout(SimpleNamespace()) is True  # Celery's default
+
+
+def test_a_store_that_cannot_be_opened_at_start_is_leased_and_scanned_once_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite file's directory is not there yet (a volume mounted a moment later)."""
+    monkeypatch.setattr(identity, "worker_id", W1)
+    monkeypatch.setattr(identity, "task_events", False)
+    url = f"sqlite:///{tmp_path / 'later' / 'c.db'}"
+    ttl = 0.6
+    task = make_task(checkpoint_store_url=url, checkpoint_lease_ttl=ttl, checkpoint_sweep_interval=0.1)
+    worker = SimpleNamespace(hostname="w1@host", app=task.app, task_events=False)
+    worker_module._start_lease(sender=worker)  # Celery would log an error and boot on, with no steward
+    worker_module._start_steward()
+    steward = worker_module._steward
+    try:
+        assert steward is not None
+        time.sleep(0.3)
+        (tmp_path / "later").mkdir()
+        store = create_store(url)
+        deadline = time.monotonic() + 5
+        while steward.scans == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.leases().get(W1, 0) > time.time(), "the lease is held once the store opens"
+        assert steward.scans > 0, "and the scans run"
+    finally:
+        worker_module._stop_steward()
+    assert store.leases().get(W1, 0) <= time.time(), "stop() ends the lease"
