@@ -33,6 +33,7 @@ import signal as os_signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
@@ -124,6 +125,10 @@ class Steward:
             ]
             for thread in self._threads:
                 thread.start()
+
+    def request_stop(self) -> None:
+        """Tell the threads to end, without waiting for them."""
+        self._stop.set()
 
     def stop(self, *, retire: bool = True) -> None:
         self._stop.set()
@@ -266,6 +271,9 @@ class Steward:
             logger.info("checkpoint resume scan: %s", report.summary())
 
 
+#: One steward per store this worker's checkpointed tasks use; ``_steward``
+#: is the app-level store's (or the first), for code that wants one.
+_stewards: list[Steward] = []
 _steward: Steward | None = None
 
 
@@ -281,14 +289,51 @@ def _start_lease(sender: Any = None, **_: Any) -> None:
         start_worker_identity(worker.hostname)
     identity.task_events = bool(getattr(worker, "task_events", False))
     config = CheckpointConfig.from_sources(worker.app.conf)
-    if not config.store_url:
-        if any(_is_checkpoint_task(task) for task in worker.app.tasks.values()):
-            logger.warning(
-                "checkpoint_store_url is not set: checkpointed tasks run without checkpoints "
-                "and nothing will be resumed"
-            )
-        return
+    configs, storeless = _stores_of(worker.app, config)
+    if storeless:
+        logger.warning(
+            "checkpoint_store_url is not set for %s: %s run without checkpoints and are never resumed",
+            ", ".join(sorted(storeless)),
+            "it" if len(storeless) == 1 else "they",
+        )
+    _stop_steward()  # a worker started earlier in this process (tests) that never shut down
+    for each in configs:
+        _stewards.append(_steward_for(worker.app, each))
+    _steward = _stewards[0] if _stewards else None
 
+
+def _stores_of(app: Any, config: CheckpointConfig) -> tuple[list[CheckpointConfig], list[str]]:
+    """The app's settings once per store (URL, key prefix) its checkpointed tasks use.
+
+    ``checkpoint_store_url`` and ``checkpoint_key_prefix`` are task options
+    too: a task's runs are saved under this worker's id in the task's own
+    store, so the worker must hold a lease there (or the other workers take
+    its live runs for interrupted ones) and scan it (or what dead workers
+    left there is never resumed). Also the names of the checkpointed tasks
+    with no store at all.
+    """
+    found: dict[tuple[str, str], CheckpointConfig] = {}
+    if config.store_url:
+        found[(config.store_url, config.key_prefix)] = config
+    storeless: list[str] = []
+    for name, task in list(app.tasks.items()):
+        if not _is_checkpoint_task(task):
+            continue
+        try:
+            own = task.checkpoint_config
+        except ValueError as exc:
+            logger.error("task %s: its checkpoint settings are not valid: %s", name, exc)
+            continue
+        if not own.store_url:
+            storeless.append(name)
+        elif (own.store_url, own.key_prefix) not in found:
+            found[(own.store_url, own.key_prefix)] = replace(
+                config, store_url=own.store_url, key_prefix=own.key_prefix, done_ttl=own.done_ttl
+            )
+    return list(found.values()), storeless
+
+
+def _steward_for(app: Any, config: CheckpointConfig) -> Steward:
     def open_store() -> CheckpointStore:
         return create_store(config.store_url or "", prefix=config.key_prefix, done_ttl=config.done_ttl)
 
@@ -298,22 +343,25 @@ def _start_lease(sender: Any = None, **_: Any) -> None:
         # Not fatal: the steward keeps trying, and holds the lease once it can.
         logger.warning("checkpoint store not opened (will keep trying): %s", exc)
         store = None
-    _steward = Steward(worker.app, store, config, identity.worker_id, opener=open_store)
+    steward = Steward(app, store, config, identity.worker_id, opener=open_store)
     if store is not None:
-        _steward.register()
-    logger.info("checkpoints: store %s, worker id %s", redact(config.store_url), identity.worker_id)
+        steward.register()
+    logger.info("checkpoints: store %s, worker id %s", redact(config.store_url or ""), identity.worker_id)
+    return steward
 
 
 def _start_steward(**_: Any) -> None:
-    if _steward is not None:
-        _steward.start()
+    for steward in _stewards:
+        steward.start()
 
 
 def _stop_steward(**_: Any) -> None:
     global _steward
-    if _steward is not None:
-        _steward.stop()
-        _steward = None
+    for steward in _stewards:
+        steward.request_stop()  # all at once: each stop() may wait for a scan
+    while _stewards:
+        _stewards.pop().stop()
+    _steward = None
 
 
 def _forget_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:

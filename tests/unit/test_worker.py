@@ -304,3 +304,37 @@ def test_a_store_that_cannot_be_opened_at_start_is_leased_and_scanned_once_it_ca
     finally:
         worker_module._stop_steward()
     assert store.leases().get(W1, 0) <= time.time(), "stop() ends the lease"
+
+
+def test_a_store_set_per_task_is_leased_and_scanned_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity, "worker_id", W1)
+    monkeypatch.setattr(identity, "task_events", False)
+    app_url, task_url = f"sqlite:///{tmp_path / 'app.db'}", f"sqlite:///{tmp_path / 'task.db'}"
+    app = Celery(f"t{uuid.uuid4().hex[:6]}", broker="memory://", backend="cache+memory://")
+    app.conf.checkpoint_store_url = app_url
+
+    @app.task(base=CheckpointTask, bind=True, name=f"own-{uuid.uuid4().hex}", checkpoint_store_url=task_url)
+    def own_store(self: CheckpointTask, checkpoint: Any) -> None:
+        return None
+
+    app.finalize()
+    worker_module._start_lease(sender=SimpleNamespace(hostname="w1@host", app=app, task_events=False))
+    try:
+        task_store = create_store(task_url)
+        task_store.create("live", _new(W1, os.getpid(), own_store.name))
+        assert task_store.peek("live").owner_alive, "this live worker's runs in the task's store look dead"
+        call = _state(b'{"args": [], "kwargs": {}, "options": {"task_id": "left"}}')
+        left_by_w2 = NewCheckpoint(own_store.name, W2, 4_000_000, _state(), call, None, time.time())
+        task_store.create("left", left_by_w2)  # W2 never held a lease: it is dead
+        for steward in worker_module._stewards:
+            steward.scan()
+        left = task_store.get("left")
+        assert left is not None and left.resume_count == 1, (
+            "what a dead worker left in the task's store is resumed"
+        )
+        assert create_store(app_url).leases().get(W1, 0) > time.time()
+    finally:
+        worker_module._stop_steward()
+    assert task_store.leases().get(W1, 0) <= time.time(), "stop() ends every lease"
