@@ -50,8 +50,10 @@ class CheckpointRequest(Request):  # type: ignore[misc]
     here as ``WorkerLostError``. Before Celery requeues the message, the
     checkpoint is claimed by this (living) worker, so the requeued delivery
     takes it over at once instead of waiting for a lease that will never
-    expire. A hard time limit, or a lost child whose message is not
-    requeued, is a terminal failure: the checkpoint is deleted.
+    expire. A hard time limit is treated the same way when Celery requeues
+    its message (``acks_late`` without ``acks_on_timeout``). A run whose
+    message is not requeued failed for good: the checkpoint is deleted. A
+    lost duplicate leaves alone the checkpoint of the live run that holds it.
     """
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
