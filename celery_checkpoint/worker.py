@@ -422,7 +422,8 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
         )
         return
     requeued = task.acks_late and (
-        (task.reject_on_worker_lost and lost) or (timed_out and not _acks_on_timeout(task))
+        (task.reject_on_worker_lost and lost and not _retries_spent_on_loss(task, request))
+        or (timed_out and not _acks_on_timeout(task))
     )
     if requeued:
         # Claim it for this living worker before Celery requeues the message,
@@ -456,6 +457,20 @@ def _acks_on_timeout(task: Any) -> bool:
     if flag is None:
         flag = getattr(task, "acks_on_failure_or_timeout", None)
     return True if flag is None else bool(flag)
+
+
+def _retries_spent_on_loss(task: Any, request: Any) -> bool:
+    """Whether Celery fails this lost run for good although it would requeue it.
+
+    With ``retry_on_worker_lost`` (Celery 5.7), a lost run is retried by
+    Celery itself until ``max_retries``; past it, Celery acks the message and
+    stores FAILURE instead of requeueing. The checkpoint must then go, or a
+    later scan would run a task Celery has failed.
+    """
+    if not getattr(task, "retry_on_worker_lost", False) or task.max_retries is None:
+        return False
+    retries = (getattr(request, "request_dict", None) or {}).get("retries") or 0
+    return bool(retries >= task.max_retries)
 
 
 def _held_by_another_live_run(store: CheckpointStore, request: Any) -> bool:

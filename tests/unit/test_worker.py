@@ -243,6 +243,25 @@ def test_a_lost_run_whose_message_is_not_requeued_loses_its_checkpoint(lost_task
     assert store.get("t1") is None
 
 
+@pytest.mark.parametrize(("retries", "kept"), [(1, True), (2, False)])
+def test_a_lost_run_celery_retries_keeps_its_checkpoint_until_its_retries_are_spent(
+    lost_task: CheckpointTask, retries: int, kept: bool
+) -> None:
+    lost_task.retry_on_worker_lost = True  # Celery 5.7: a lost run is retried, up to max_retries
+    lost_task.max_retries = 2
+    store = lost_task.checkpoint_store()
+    assert store is not None
+    pid = _gone_pid()
+    store.create("t1", _new(W1, pid, lost_task.name))
+    request = SimpleNamespace(id="t1", worker_pid=pid, request_dict={"retries": retries})
+    on_run_lost(lost_task, request, _lost())
+    record = store.get("t1")
+    if kept:
+        assert record is not None and record.status is Status.QUEUED, "Celery retries it: it resumes"
+    else:
+        assert record is None, "Celery failed it for good: a scan must not run it again"
+
+
 @pytest.mark.parametrize(
     ("conf", "requeued"),
     [
