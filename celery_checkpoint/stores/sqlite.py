@@ -160,7 +160,7 @@ class SQLiteStore:
         )
         conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         if not self.path.startswith("file:"):
-            conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(conn, self.busy_timeout_ms / 1000)
             conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
@@ -644,6 +644,24 @@ def _remember_owner(conn: sqlite3.Connection, owner: str) -> None:
         "INSERT OR IGNORE INTO workers (worker_id, host, expires) VALUES (?, ?, 0)",
         (owner, worker_host(owner)),
     )
+
+
+def _switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting out another process that opens the file too.
+
+    On a file no one has switched yet, two connections switching at once
+    (a worker's main process and its pool, or two workers starting) can get
+    "database is locked" at once: this pragma does not wait on the busy timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _upsert_lease(conn: sqlite3.Connection, worker_id: str, expires: float) -> None:
