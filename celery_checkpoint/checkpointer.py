@@ -33,7 +33,7 @@ from .ownership import Decision, Handover, decide
 from .record import CheckpointRecord, EncodedState, NewCheckpoint, Status, decode, encode, worker_host
 from .runtime import runs_in_process
 from .settle import settle_in_background
-from .stores.base import CheckpointStore
+from .stores.base import CheckpointStore, Peek
 
 logger = logging.getLogger(__name__)
 
@@ -339,11 +339,7 @@ class Checkpointer:
             decision = decide(peek, self.owner, self.pid, runs_in_process.count(self.task_id), self._handed)
             if decision is not Decision.TAKE:
                 raise DuplicateRun(f"task {self.task_id}: {decision.value}; dropping this delivery")
-            self._unconfirmed_fence = peek.fence + 1
-            record = self.store.takeover(self.task_id, peek.fence, peek.owner, self.owner, self.pid)
-            self._unconfirmed_fence = 0
-            if record is not None:
-                self._adopt(record)
+            if self._take_over(peek):
                 return
         raise CheckpointStoreError(
             f"task {self.task_id}: checkpoint in {self.store.url} kept changing hands; gave up taking it over"
@@ -371,12 +367,18 @@ class Checkpointer:
             if peek.done:
                 raise DuplicateRun(f"task {self.task_id} already finished; dropping this late delivery")
             raise DuplicateRun(f"task {self.task_id} is held by another run; this copy of a new call stops")
-        self._unconfirmed_fence = 2
+        if not self._take_over(peek):
+            raise DuplicateRun(f"task {self.task_id}: its checkpoint changed hands; this run stops")
+
+    def _take_over(self, peek: Peek) -> bool:
+        """Take the checkpoint ``peek`` saw, fenced on it; whether it was still as seen."""
+        self._unconfirmed_fence = peek.fence + 1  # the store may apply it and the answer be lost
         record = self.store.takeover(self.task_id, peek.fence, peek.owner, self.owner, self.pid)
         self._unconfirmed_fence = 0
         if record is None:
-            raise DuplicateRun(f"task {self.task_id}: its checkpoint changed hands; this run stops")
+            return False
         self._adopt(record)
+        return True
 
     def _adopt(self, record: CheckpointRecord) -> None:
         self._begun = True
