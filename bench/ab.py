@@ -16,14 +16,22 @@ imported, its signal handlers and steward running) and
 And one reference for figure 5, ``plain-set-delete``: the plain task doing
 by hand what that figure's task asks of its checkpointer, a redis-py ``SET``
 of its state and then a ``DEL``; ``plain-set-delete-late`` adds ``acks_late``.
+
+``VARIANT@CHECKOUT`` runs a variant's worker on another checkout's code (its
+``celery_checkpoint`` and ``bench``; ``git worktree add /tmp/old <commit>``),
+so two commits are compared in one run, round by round, instead of in two
+runs that the VM's drift between spells can tell apart by itself:
+``python -m bench.ab plain checkpoint-noop checkpoint-noop@/tmp/old``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from .apps import PLAIN_NOOP, PLAIN_NOOP_LATE, PLAIN_SET_DELETE
@@ -50,18 +58,36 @@ VARIANTS = {
 class VariantRunner(Runner):
     def env(self, variant: Variant, keyprefix: str, queue: str, store_prefix: str) -> dict[str, str]:
         env = super().env(variant, keyprefix, queue, store_prefix)
-        if variant.name.endswith("-nostore"):
+        if variant.name.partition("-at-")[0].endswith("-nostore"):
             env["BENCH_STORE_URL"] = ""
         return env
 
 
+def parse_variant(spec: str) -> Variant:
+    """A variant by name, or ``NAME@CHECKOUT`` for that variant on another checkout's code."""
+    name, _, checkout = spec.partition("@")
+    if name not in VARIANTS:
+        known = ", ".join(sorted(VARIANTS))
+        raise argparse.ArgumentTypeError(f"unknown variant {name!r}; choose from {known}")
+    base = VARIANTS[name]
+    if not checkout:
+        return base
+    root = Path(checkout).resolve()
+    if not (root / "celery_checkpoint").is_dir() or not (root / "bench").is_dir():
+        raise argparse.ArgumentTypeError(f"{checkout}: not a celery-checkpoint checkout")
+    # The name goes into queue and node names: letters, digits and dashes only.
+    return replace(base, name=f"{name}-at-{re.sub(r'[^A-Za-z0-9]+', '-', str(root)).strip('-')}", root=root)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    parser.add_argument("variants", nargs="+", type=parse_variant, metavar="VARIANT[@CHECKOUT]")
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    chosen = [VARIANTS[name] for name in args.variants]
+    chosen: list[Variant] = args.variants
+    if len({v.name for v in chosen}) != len(chosen):
+        parser.error("a variant is named twice")
     workdir = Path(tempfile.mkdtemp(prefix="celery-checkpoint-ab-"))
     try:
         with PrivateRedis() as server:

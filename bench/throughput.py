@@ -49,6 +49,9 @@ class Variant:
     name: str
     task: str
     checkpoint: bool
+    #: The checkout whose ``celery_checkpoint`` and ``bench`` the worker runs
+    #: (``None``: this one). ``bench.ab`` compares commits in one run with it.
+    root: Path | None = None
 
 
 PLAIN = Variant("plain", PLAIN_NOOP, checkpoint=False)
@@ -75,7 +78,7 @@ class RunStalled(RuntimeError):
 class WorkerProcess:
     """A ``celery worker`` of this run, stopped by its pid."""
 
-    def __init__(self, env: dict[str, str], name: str, queue: str, log: Path) -> None:
+    def __init__(self, env: dict[str, str], name: str, queue: str, log: Path, root: Path = ROOT) -> None:
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -101,7 +104,7 @@ class WorkerProcess:
         ]
         with open(log, "ab") as handle:
             self.proc = subprocess.Popen(
-                cmd, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, env=env, cwd=root, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     def exited(self) -> bool:
@@ -241,7 +244,9 @@ class Runner:
                 "BENCH_CHECKPOINT": "1" if variant.checkpoint else "0",
                 "BENCH_STORE_URL": self.ctx.redis_url if stores else "",
                 "BENCH_STORE_PREFIX": store_prefix,
-                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(variant.root or ROOT), env.get("PYTHONPATH", "")) if p
+                ),
             }
         )
         return env
@@ -289,6 +294,7 @@ class Runner:
             name,
             queue,
             self.ctx.workdir / "logs" / f"{name}.log",
+            variant.root or ROOT,
         )
         try:
             t0 = self._first_taken(worker, qkey)
