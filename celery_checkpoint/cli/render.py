@@ -14,7 +14,8 @@ from .states import Entry
 
 PREVIEW_BYTES = 120
 
-#: The keys of every object ``list --json`` prints, in order.
+#: The keys of every object ``list --json`` prints, in order. With several
+#: stores every object (and ``show --json``'s) also has ``store``, last.
 JSON_FIELDS = (
     "task_id",
     "task_name",
@@ -82,12 +83,22 @@ def _percent(progress: float | None) -> str:
 # -- list ----------------------------------------------------------------------
 
 
-def render_list(entries: list[Entry], now: float) -> str:
-    text = _table([HEADER, *(_row(entry, now) for entry in entries)])
-    corrupt = [entry for entry in entries if entry.record is None]
+def render_list(entries: list[Entry], now: float, stores: list[str] | None = None) -> str:
+    """The table; ``stores`` (one per entry, when there are several) adds a STORE column."""
+    if stores is None:
+        rows = [HEADER, *(_row(entry, now) for entry in entries)]
+        places = [""] * len(entries)
+    else:
+        rows = [
+            (*HEADER, "STORE"),
+            *([*_row(entry, now), store] for entry, store in zip(entries, stores, strict=True)),
+        ]
+        places = [f" in {store}" for store in stores]
+    text = _table(rows)
+    corrupt = [(entry, place) for entry, place in zip(entries, places, strict=True) if entry.record is None]
     if corrupt:
         text += "\n\nCorrupt entries (kept for inspection; `purge --state corrupt` removes them):"
-        text += "".join(f"\n  {entry.key}: {entry.reason}" for entry in corrupt)
+        text += "".join(f"\n  {entry.key}{place}: {entry.reason}" for entry, place in corrupt)
     return text
 
 
@@ -143,10 +154,13 @@ def _try_decode(
 
 
 def render_detail(detail: dict[str, Any]) -> str:
+    store = detail.get("store")  # set when there are several stores
     if detail["state"] == "corrupt":
         name = detail["task_id"] or detail["key"]
-        return f"Checkpoint {name}\n  state:  corrupt\n  reason: {detail['reason']}"
+        where = f"\n  store:  {store}" if store else ""
+        return f"Checkpoint {name}{where}\n  state:  corrupt\n  reason: {detail['reason']}"
     fields = [
+        *([("store", store)] if store else []),
         ("task", detail["task_name"]),
         ("state", f"{detail['state']} (status {detail['status']})"),
         ("owner", f"{detail['owner'] or '-'} ({detail['owner_id'] or 'no owner'})"),

@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 
 import click
 
@@ -20,7 +21,8 @@ from ..record import iso_utc, worker_id
 from ..resume import Outcome, Resumer
 from ..resume import logger as resume_logger
 from ..stores.base import Candidate
-from .context import EXIT_REFUSED, EXIT_UNAVAILABLE, Refused, Session, one_line, open_session, store_option
+from .context import EXIT_REFUSED, EXIT_UNAVAILABLE, Refused, Session, one_line, open_stores, store_option
+from .states import Entry
 
 
 @click.command()
@@ -33,27 +35,40 @@ def resume(ctx: click.Context, task_id: str | None, all_interrupted: bool, store
 
     The task is sent again as itself: same task id, same recorded call.
     Only an interrupted checkpoint is claimed: a run whose worker is alive is
-    left alone. Exits 0 when everything found was resumed, 1 when nothing was
-    or something was refused, 3 when the store or the broker failed.
+    left alone. Each is claimed in the store that holds it. Exits 0 when
+    everything found was resumed, 1 when nothing was or something was
+    refused, 3 when a store or the broker failed.
     """
     if bool(task_id) == all_interrupted:
         raise click.UsageError("give either a TASK_ID or --all-interrupted")
-    with open_session(ctx, store_url) as session:
-        session.app.loader.import_default_modules()  # the tasks must be registered to be sent
+    with open_stores(ctx, store_url) as stores:
         if task_id:
-            candidates = [_resumable(session, task_id)]
+            [(session, entry)] = stores.find(task_id, unique=True)
+            try:
+                plan = [(session, [_resumable(task_id, entry)])]
+            except Refused as refused:
+                raise stores.refusal(refused.message) from None  # exit 3 if another store failed
         else:
-            interrupted = {e.task_id for e in session.entries() if e.state == "interrupted"}
-            candidates = [c for c in session.store.interrupted() if c.task_id in interrupted]
-            if not candidates:
-                raise Refused("no interrupted checkpoint to resume")
-        outcomes = _resume_all(session, candidates)
-    ctx.exit(_resume_exit_code(set(outcomes.values()), single=task_id is not None))
+            plan = [(session, found) for session, found in stores.gather(_interrupted) if found]
+            if not plan:
+                raise stores.refusal("no interrupted checkpoint to resume")
+        claimer = worker_id(f"{socket.gethostname()}-cli", uuid.uuid4().hex[:12])
+        outcomes: list[Outcome] = []
+        for session, candidates in plan:
+            resume_here = partial(_resume_all, candidates=candidates, claimer=claimer)
+            for _, done in stores.gather(resume_here, among=[session]):
+                outcomes += done
+    ctx.exit(stores.exit_code(_resume_exit_code(set(outcomes), single=task_id is not None)))
 
 
-def _resumable(session: Session, task_id: str) -> Candidate:
+def _interrupted(session: Session) -> list[Candidate]:
+    """The candidates of one store that ``list`` would show as interrupted."""
+    interrupted = {e.task_id for e in session.entries() if e.state == "interrupted"}
+    return [c for c in session.store.interrupted() if c.task_id in interrupted]
+
+
+def _resumable(task_id: str, entry: Entry) -> Candidate:
     """The candidate for ``resume ID``, or a clear refusal naming why not."""
-    entry = session.entry(task_id)
     record = entry.record
     if record is None:
         raise Refused(f"checkpoint {task_id} is corrupt and cannot be resumed: {entry.reason}")
@@ -76,21 +91,21 @@ def _resend_note(resend_at: float | None) -> str:
     return f". A worker sends the retry again at {iso_utc(resend_at)} if it has not started by then"
 
 
-def _resume_all(session: Session, candidates: list[Candidate]) -> dict[str, Outcome]:
-    """Claim and re-enqueue each candidate, printing one line per task.
+def _resume_all(session: Session, candidates: list[Candidate], claimer: str) -> list[Outcome]:
+    """Claim and re-enqueue each candidate of one store, printing one line per task.
 
-    The claimer holds a lease while it works, so a worker's scan running at
-    the same moment does not take the CLI's claim for an abandoned one.
+    The claimer holds a lease in the store while it works, so a worker's scan
+    running at the same moment does not take the CLI's claim for an abandoned
+    one.
     """
-    claimer = worker_id(f"{socket.gethostname()}-cli", uuid.uuid4().hex[:12])
     resumer = Resumer(session.app, session.store, claimer)
     session.store.register(claimer, session.config.lease_ttl)
-    outcomes: dict[str, Outcome] = {}
+    outcomes: list[Outcome] = []
     try:
         for candidate in candidates:
             with _problems_logged_by_resumer() as problems:
                 outcome = resumer.resume(candidate)
-            outcomes[candidate.task_id] = outcome
+            outcomes.append(outcome)
             click.echo(_describe(session, candidate.task_id, outcome, problems))
     finally:
         with suppress(CheckpointStoreError):  # the lease expires on its own
@@ -137,7 +152,8 @@ def _describe(session: Session, task_id: str, outcome: Outcome, problems: list[s
         detail = "already claimed by someone else, or finished"
     else:
         detail = "; ".join(problems) or outcome.value
-    return f"{outcome.value:<9} {task_id}  {detail}"
+    where = f"  (in {session.label})" if session.label else ""
+    return f"{outcome.value:<9} {task_id}  {detail}{where}"
 
 
 def _resume_exit_code(outcomes: set[Outcome], *, single: bool) -> int:

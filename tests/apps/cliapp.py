@@ -3,7 +3,8 @@
 No server is needed: the broker and the result backend live in the process
 (``memory://``, ``cache+memory://``), so ``resume`` really publishes a
 message the test can read back. The store comes from ``CLIAPP_STORE_URL``
-(for subprocess tests); in-process tests set ``app.conf`` directly.
+(for subprocess tests); in-process tests set ``app.conf`` directly, and
+give ``elsewhere`` a store of its own by setting its ``checkpoint_store_url``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def crunch(self, n, checkpoint):
         state = {"i": i + 1, "total": state["total"] + i + 1}
         checkpoint.save(state)
     return state["total"]
+
+
+@app.task(base=CheckpointTask, bind=True, checkpoint_store_url=os.environ.get("CLIAPP_OWN_STORE_URL"))
+def elsewhere(self, n, checkpoint):
+    """Like crunch, with a store of its own when ``CLIAPP_OWN_STORE_URL`` (or a test) names one."""
+    state = checkpoint.load() or {"i": 0}
+    for i in range(state["i"], n):
+        checkpoint.save({"i": i + 1})
+    return n
 
 
 @app.task

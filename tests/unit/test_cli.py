@@ -25,6 +25,7 @@ import pytest
 from celery.bin.celery import celery as celery_command
 from click.testing import CliRunner, Result
 
+from celery_checkpoint import CheckpointTask
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, encode, worker_id
 from celery_checkpoint.resume import Outcome, Resumer
 from celery_checkpoint.stores import CheckpointStore, create_store
@@ -98,6 +99,14 @@ def published(app: Any = cliapp.app) -> dict[str, Any]:
 
 
 # -- fixtures ----------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_task_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each task reads its settings once per process; each test sets its own store."""
+    for task in cliapp.app.tasks.values():
+        if isinstance(task, CheckpointTask):
+            monkeypatch.setattr(task, "_checkpoint_config_cache", None)
 
 
 @pytest.fixture
@@ -589,6 +598,314 @@ def test_entry_point_works_from_a_real_command_line(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     [entry] = json.loads(proc.stdout)
     assert (entry["task_id"], entry["state"], entry["task_name"]) == (task_id, "interrupted", CRUNCH)
+
+
+# -- several stores: the app's, and a task's own -------------------------------
+
+ELSEWHERE = "tests.apps.cliapp.elsewhere"
+
+
+def give_elsewhere_its_own_store(
+    monkeypatch: pytest.MonkeyPatch, url: str, prefix: str | None = None
+) -> None:
+    """``@app.task(base=CheckpointTask, checkpoint_store_url=url)``, as a test can set it."""
+    task = cliapp.app.tasks[ELSEWHERE]
+    monkeypatch.setattr(task, "checkpoint_store_url", url)
+    if prefix is not None:
+        monkeypatch.setattr(task, "checkpoint_key_prefix", prefix, raising=False)
+
+
+@pytest.fixture
+def own_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The SQLite store the ``elsewhere`` task names as its own."""
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    give_elsewhere_its_own_store(monkeypatch, url)
+    return url
+
+
+@pytest.fixture
+def own(own_url: str) -> Iterator[CheckpointStore]:
+    store = create_store(own_url)
+    store.register(LIVE, 60)
+    yield store
+    store.close()
+
+
+def test_list_covers_the_app_store_and_a_tasks_own_and_names_each(
+    store: CheckpointStore, own: CheckpointStore, store_url: str, own_url: str, tmp_path: Path
+) -> None:
+    app_interrupted, _ = put(store, {"i": 1})
+    app_running, _ = put(store, {"i": 2}, owner=LIVE)
+    own_interrupted, _ = put(own, {"i": 3}, name=ELSEWHERE)
+    own_poisoned = parked(own, Status.POISONED, name=ELSEWHERE)
+    corrupt_row(tmp_path / "own.db")
+
+    result = cli("list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[-1] == "STORE"
+    for task_id, url in [
+        (app_interrupted, store_url),
+        (app_running, store_url),
+        (own_interrupted, own_url),
+        (own_poisoned, own_url),
+        ("broken", own_url),
+    ]:
+        row = next(line for line in lines if line.startswith(task_id))
+        assert row.endswith(f"  {url}"), row
+    assert f"broken in {own_url}: task broken: checkpoint row is malformed" in result.stdout
+
+    entries = listed()
+    assert {task_id: entry["store"] for task_id, entry in entries.items()} == {
+        app_interrupted: store_url,
+        app_running: store_url,
+        own_interrupted: own_url,
+        own_poisoned: own_url,
+        "broken": own_url,
+    }
+    assert entries[own_interrupted]["task_name"] == ELSEWHERE
+    assert set(listed("--state", "interrupted")) == {app_interrupted, own_interrupted}
+    assert set(listed("--task", ELSEWHERE)) == {own_interrupted, own_poisoned}
+
+
+def test_store_option_picks_one_of_several_and_prints_as_for_one(
+    store: CheckpointStore, own: CheckpointStore, own_url: str
+) -> None:
+    put(store, {"i": 1})
+    own_id, _ = put(own, {"i": 3}, name=ELSEWHERE)
+    result = cli("list", "--store", own_url)
+    assert result.exit_code == 0, result.output
+    assert "STORE" not in result.stdout and own_url not in result.stdout
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:]] == [own_id]
+    [entry] = json.loads(cli("list", "--json", "--store", own_url).stdout)
+    assert entry["task_id"] == own_id and "store" not in entry
+
+
+def test_a_tasks_own_store_is_used_when_the_app_sets_none(
+    own: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_store_url", None)
+    own_id, _ = put(own, {"i": 3}, name=ELSEWHERE)
+    result = cli("list")
+    assert result.exit_code == 0, result.output
+    assert "STORE" not in result.stdout, "one store: the table is the usual one"
+    assert result.stdout.splitlines()[1].startswith(own_id)
+
+
+def test_stores_that_differ_only_by_a_key_prefix_sqlite_ignores_are_one(
+    store: CheckpointStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    give_elsewhere_its_own_store(monkeypatch, store_url, prefix="other:")
+    task_id, _ = put(store, {"i": 1})
+    assert [entry["task_id"] for entry in json.loads(cli("list", "--json").stdout)] == [task_id]
+
+
+def test_show_finds_the_id_in_the_store_that_holds_it_and_says_which(
+    store: CheckpointStore, own: CheckpointStore, store_url: str, own_url: str
+) -> None:
+    put(store, {"i": 1})
+    task_id, _ = put(own, {"i": 3, "total": 6}, name=ELSEWHERE)
+    result = cli("show", task_id)
+    assert result.exit_code == 0, result.output
+    assert f"  store:        {own_url}\n  task:         {ELSEWHERE}\n" in result.stdout
+    assert '"total": 6' in result.stdout and result.stderr == ""
+    detail = json.loads(cli("show", task_id, "--json").stdout)
+    assert detail["store"] == own_url and detail["saved_state"] == {"i": 3, "total": 6}
+
+    missing = cli("show", "no-such-task")
+    assert missing.exit_code == 1
+    assert missing.stderr == f"Error: no checkpoint for task no-such-task in {store_url}, {own_url}\n"
+
+
+def test_an_id_in_two_stores_is_shown_from_the_first_and_never_resumed_or_purged_blindly(
+    store: CheckpointStore, own: CheckpointStore, store_url: str, own_url: str
+) -> None:
+    """A task whose store setting changed while it had a checkpoint, say."""
+    task_id, _ = put(store, {"i": 1})
+    put(own, {"i": 2}, name=ELSEWHERE, task_id=task_id)
+
+    shown = cli("show", task_id, "--json")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["store"] == store_url
+    assert f"also has a checkpoint in {own_url} (see it with --store URL)" in shown.stderr
+
+    ambiguous = f"Error: task {task_id} has a checkpoint in 2 stores ({store_url}, {own_url}); "
+    for args in (["resume", task_id], ["purge", task_id, "--yes"]):
+        result = cli(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr == ambiguous + "choose one with --store URL\n"
+    assert store.get(task_id) is not None and own.get(task_id) is not None
+    assert published() == {}
+
+    picked = cli("resume", task_id, "--store", own_url)
+    assert picked.exit_code == 0, picked.output
+    record = own.get(task_id)
+    assert record is not None and record.status is Status.QUEUED
+    app_record = store.get(task_id)
+    assert app_record is not None and app_record.status is Status.RUNNING, "the other one is untouched"
+    assert list(published()) == [task_id]
+
+
+def test_resume_claims_each_checkpoint_in_the_store_that_holds_it(
+    store: CheckpointStore, own: CheckpointStore, own_url: str
+) -> None:
+    app_id, _ = put(store, {"i": 1})
+    own_id, _ = put(own, {"i": 3}, name=ELSEWHERE, args=(7,))
+    own_running, _ = put(own, {"i": 1}, name=ELSEWHERE, owner=LIVE)
+
+    result = cli("resume", "--all-interrupted")
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(maxsplit=2)[1:] for line in result.stdout.splitlines())
+    assert set(lines) == {app_id, own_id}
+    assert lines[own_id] == f"{ELSEWHERE}: re-enqueued from save 1 (resume 1)  (in {own_url})"
+    for each, task_id in ((store, app_id), (own, own_id)):
+        record = each.get(task_id)
+        assert record is not None and (record.status, record.resume_count) == (Status.QUEUED, 1)
+    messages = published()
+    assert set(messages) == {app_id, own_id}
+    assert messages[own_id].headers["task"] == ELSEWHERE and messages[own_id].payload[0] == [7]
+    claimers = {owner for owner in own.leases() if "-cli|" in owner}
+    assert len(claimers) == 1, "the CLI held a lease in the task's store while it claimed there"
+    assert own.leases()[claimers.pop()] < time.time(), "and ended it"
+
+    single_id, _ = put(own, {"i": 4}, name=ELSEWHERE)
+    single = cli("resume", single_id)
+    assert single.exit_code == 0, single.output
+    assert single.stdout.startswith(f"resumed   {single_id}  {ELSEWHERE}: re-enqueued from save 1")
+    record = own.get(single_id)
+    assert record is not None and record.status is Status.QUEUED
+    refused = cli("resume", own_running)
+    assert refused.exit_code == 1 and "is running on a live worker (celery@live)" in refused.stderr
+    assert list(published()) == [single_id]
+
+
+def test_purge_deletes_each_checkpoint_in_the_store_that_holds_it(
+    store: CheckpointStore, own: CheckpointStore, store_url: str, own_url: str
+) -> None:
+    app_poisoned = parked(store, Status.POISONED)
+    own_poisoned = parked(own, Status.POISONED, name=ELSEWHERE)
+    own_kept, _ = put(own, {"i": 1}, name=ELSEWHERE)
+
+    result = cli("purge", "--state", "poisoned", input="y\n")
+    assert result.exit_code == 0, result.output
+    assert "2 checkpoint(s) to delete:" in result.stdout
+    assert f"  {app_poisoned}  {CRUNCH}  poisoned  (in {store_url})" in result.stdout
+    assert f"  {own_poisoned}  {ELSEWHERE}  poisoned  (in {own_url})" in result.stdout
+    assert "deleted 2, kept 0" in result.stdout
+    assert store.get(app_poisoned) is None and own.get(own_poisoned) is None
+
+    by_id = cli("purge", own_kept, "--yes")
+    assert by_id.exit_code == 0 and "deleted 1, kept 0" in by_id.stdout
+    assert own.get(own_kept) is None
+
+
+def test_purge_names_the_store_of_an_entry_it_keeps(
+    store: CheckpointStore, own: CheckpointStore, own_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id, _ = put(own, {"i": 3}, name=ELSEWHERE)
+    real_confirm = click.confirm
+
+    def meanwhile_a_run_takes_it_over(*args: Any, **kwargs: Any) -> Any:
+        peek = own.peek(task_id)
+        assert own.takeover(task_id, peek.fence, peek.owner, LIVE, 4242) is not None
+        return real_confirm(*args, **kwargs)
+
+    monkeypatch.setattr(click, "confirm", meanwhile_a_run_takes_it_over)
+    result = cli("purge", "--state", "interrupted", input="y\n")
+    assert result.exit_code == 1
+    assert f"kept {task_id} in {own_url}: it is running now, not interrupted as listed" in result.stderr
+    assert own.get(task_id) is not None
+
+
+def test_a_store_that_cannot_be_reached_is_reported_and_the_others_still_used(
+    store: CheckpointStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    shown = down.replace("s3cret", "***")
+    give_elsewhere_its_own_store(monkeypatch, down)
+    interrupted, _ = put(store, {"i": 1})
+    poisoned = parked(store, Status.POISONED)
+
+    def one_error_line(result: Result) -> None:
+        assert result.exit_code == 3, result.output
+        assert result.stderr.startswith("Error: ") and f"checkpoint store {shown} failed to " in result.stderr
+        assert result.stderr.count("\n") == 1 and "s3cret" not in result.output
+        assert "Traceback" not in result.output
+
+    listing = cli("list")
+    one_error_line(listing)
+    assert {line.split()[0] for line in listing.stdout.splitlines()[1:]} == {interrupted, poisoned}
+    assert listing.stdout.splitlines()[0].endswith("STORE"), "still several stores: each row names its own"
+    as_json = cli("list", "--json")
+    one_error_line(as_json)
+    assert {entry["task_id"] for entry in json.loads(as_json.stdout)} == {interrupted, poisoned}
+
+    shown_entry = cli("show", interrupted)
+    one_error_line(shown_entry)
+    assert f"Checkpoint {interrupted}" in shown_entry.stdout
+    not_found = cli("show", "no-such-task")
+    assert not_found.exit_code == 3, "the unreachable store may hold it"
+    assert not_found.stderr.splitlines()[1] == f"Error: no checkpoint for task no-such-task in {store_url}"
+
+    running, _ = put(store, {"i": 2}, owner=LIVE)
+    refused = cli("resume", running)
+    assert refused.exit_code == 3, "what the failed store holds is unknown"
+    assert refused.stderr.splitlines()[1].endswith("is running on a live worker (celery@live); not resumed")
+
+    resumed = cli("resume", "--all-interrupted")
+    one_error_line(resumed)
+    assert resumed.stdout.startswith(f"resumed   {interrupted}  ")
+    assert list(published()) == [interrupted]
+
+    purged = cli("purge", "--state", "poisoned", "--yes")
+    one_error_line(purged)
+    assert "deleted 1, kept 0" in purged.stdout and store.get(poisoned) is None
+
+
+def test_when_every_store_fails_each_is_one_line_and_nothing_else_is_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_store_url", missing)
+    give_elsewhere_its_own_store(monkeypatch, down)
+    for args in (
+        ["list"],
+        ["show", "x"],
+        ["resume", "--all-interrupted"],
+        ["purge", "--state", "corrupt", "-y"],
+    ):
+        result = cli(*args)
+        assert result.exit_code == 3, (args, result.output)
+        assert result.stdout == ""
+        first, second = result.stderr.splitlines()
+        assert first == f"Error: checkpoint store {missing}: no such file {str(tmp_path / 'missing.db')!r}"
+        assert second.startswith("Error: ") and f"checkpoint store {down} failed to " in second
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_two_prefixes_on_one_redis_are_two_stores_named_by_prefix(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{private_redis.url}/5"
+    app_prefix, own_prefix = f"a{uuid.uuid4().hex[:6]}:", f"b{uuid.uuid4().hex[:6]}:"
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_store_url", url)
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_key_prefix", app_prefix)
+    give_elsewhere_its_own_store(monkeypatch, url, prefix=own_prefix)
+    app_store, own_store = create_store(url, prefix=app_prefix), create_store(url, prefix=own_prefix)
+    try:
+        app_id, _ = put(app_store, {"i": 1})
+        own_id, _ = put(own_store, {"i": 2}, name=ELSEWHERE)
+        assert {task_id: entry["store"] for task_id, entry in listed().items()} == {
+            app_id: f"{url} (key prefix {app_prefix})",
+            own_id: f"{url} (key prefix {own_prefix})",
+        }
+        assert cli("purge", own_id, "--yes").exit_code == 0
+        assert own_store.get(own_id) is None and app_store.get(app_id) is not None
+    finally:
+        for each in (app_store, own_store):
+            for task_id in (app_id, own_id):
+                each.delete(task_id)
+            each.close()
 
 
 # -- Redis -------------------------------------------------------------------
