@@ -1,8 +1,9 @@
 """Settling a finished run's checkpoint after the store failed to answer.
 
 By the time a checkpoint is settled (deleted on success, kept on retry) the
-task's outcome is already stored, so a store blip must not fail the task and
-must not leave a finished task's checkpoint behind to be resumed. The
+task's outcome is already stored, so a store blip (or a soft time limit that
+cut the store call short) must not fail the task and must not leave a
+finished task's checkpoint behind to be resumed. The
 settlement is retried in a daemon thread until the store answers. If the
 process dies first, the resume scan is the safety net: it removes the
 checkpoint of a task whose result is already final instead of resuming it.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.utils import uuid
 from celery.utils.time import maybe_make_aware
 from celery.worker.request import Request
@@ -330,14 +330,25 @@ class CheckpointTask(Task):  # type: ignore[misc]
         return float(self.default_retry_delay or 0)
 
     def _settle(self, task_id: str, action: Callable[[AnyCheckpointer], None]) -> None:
+        """Apply ``action`` to this run's checkpoint; if the store call is cut short, in the background.
+
+        The outcome is already stored, so nothing here may fail the task, and
+        the checkpoint must not be left behind (a finished task's would be run
+        again by a later scan). A soft time limit is raised asynchronously in
+        whatever the pool process runs, the store call of an outcome handler
+        included; escaping the handler it would be logged by Celery (or, from
+        ``on_failure`` and ``on_retry``, replace the stored outcome) and the
+        checkpoint kept. It is handled like a store blip: the action is
+        retried in a thread, where no soft time limit is delivered. Retrying
+        is safe even if the interrupted call was applied: every settlement
+        is fenced by the run's token, so a second one changes nothing.
+        """
         handle = getattr(self.request, "checkpoint", None)
         if handle is None:
             return
         try:
             action(handle)
-        except CheckpointStoreError as exc:
-            # The outcome is already stored: keep trying in the background, so
-            # a store blip does not leave a finished task's checkpoint behind.
+        except (CheckpointStoreError, SoftTimeLimitExceeded) as exc:
             logger.warning("task %s: could not settle its checkpoint, will retry: %s", task_id, exc)
             settle_in_background(task_id, functools.partial(action, handle))
         except CheckpointError:

@@ -79,24 +79,45 @@ class Wire:
         """Send ``commands`` in one write and read every reply: one round trip.
 
         Replies still owed on the connection are read after the send, in
-        the same wait (they are usually in the socket buffer already). A dropped
-        connection is retried once on a new one, as the client's own
-        ``Retry`` would. Every reply is read before an error reply is
-        raised, and a connection interrupted in the middle (a soft time
-        limit fires during ``recv``) is closed, so no connection is ever
+        the same wait (they are usually in the socket buffer already). Every
+        reply is read before an error reply is raised, and a connection
+        that fails or is interrupted in the middle (a read timeout, a soft
+        time limit during ``recv``) is closed, so no connection is ever
         given back out of step.
+
+        The commands are sent again on a new connection only when that
+        cannot apply them twice: see :meth:`exchange_packed`.
         """
         return self.exchange_packed(pack(commands), len(commands))
 
     def exchange_packed(self, packed: bytes, count: int) -> list[Any]:
-        """:meth:`exchange` for ``count`` commands already in the Redis protocol."""
+        """:meth:`exchange` for ``count`` commands already in the Redis protocol.
+
+        Sent again, once, on a new connection only when the server cannot be
+        working on the first send: the send failed, or the connection was
+        found closed before the first answer to these commands. That is how
+        a pooled connection the server dropped while it sat idle (a restart,
+        its idle ``timeout``) shows itself: the send goes out, the first read
+        finds the connection closed. (A server that died between applying
+        and answering looks the same; what it applied died with it, unless
+        it had persisted it.)
+
+        A read timeout is never followed by a re-send. redis-py's ``Retry``
+        re-sends after any ``ConnectionError`` or ``TimeoutError``: it is
+        at-least-once by design, and leaves idempotence to the caller. But a
+        server that timed out has the commands and is only slow (a fork, a
+        long script): it applies them later anyway, and a second copy would
+        be applied too (a save counted twice, a script that is not
+        idempotent run twice). The line is closed and the timeout raised;
+        the store turns it into ``CheckpointStoreError``.
+        """
         payload = [packed]
         line = self._take()
         try:
             try:
                 replies = _send_and_read(line, payload, count)
-            except (redis.ConnectionError, redis.TimeoutError):
-                _lose(line)
+            except _Unanswered as exc:
+                _lose(line, exc)
                 replies = _send_and_read(line, payload, count)  # reconnects first
         except BaseException as exc:
             _lose(line, exc)
@@ -189,13 +210,13 @@ class Wire:
         self._collector = None
 
 
-def _collect(line: _Line) -> bool:
+def _collect(line: _Line) -> None:
     """Read the replies owed on ``line`` and report the failures.
 
-    A lost connection fails every command still owed, leaves the line
-    disconnected (the next send reconnects) and returns ``False``; anything
-    else that interrupts the read (a soft time limit) does the same and is
-    raised.
+    Whatever interrupts the reads (a lost connection, a read timeout, a soft
+    time limit) fails every command still owed, leaves the line
+    disconnected (the next send reconnects) and is raised: the caller
+    needs to know whether the server is gone or only slow.
     """
     owed, line.owed = line.owed, []
     conn = line.conn
@@ -205,14 +226,11 @@ def _collect(line: _Line) -> bool:
         except BaseException as exc:
             line.owed = owed[index:]
             _lose(line, exc)
-            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-                return False
             raise
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 _report(on_failure, reply)
                 break
-    return True
 
 
 def _lose(line: _Line, exc: BaseException | None = None) -> None:
@@ -232,21 +250,48 @@ def _report(on_failure: OnFailure, exc: Exception) -> None:
         logger.exception("reporting a failed Redis command raised")
 
 
+class _Unanswered(redis.ConnectionError):
+    """Nothing of an exchange was answered, and the server is not working on it.
+
+    The send failed, or the connection was found closed before the first
+    answer to it: :meth:`Wire.exchange_packed` sends it again.
+    """
+
+
 def _read(conn: Any, count: int) -> list[Any]:
+    """Read ``count`` replies; a connection closed before the first is :class:`_Unanswered`."""
     replies: list[Any] = []
     for _ in range(count):
         try:
             replies.append(conn.read_response())
         except redis.ResponseError as exc:
             replies.append(exc)
+        except redis.ConnectionError as exc:
+            if replies:  # the server answered part of them: it applied at least those
+                raise
+            raise _Unanswered(str(exc)) from exc
     return replies
 
 
 def _send_and_read(line: _Line, payload: list[bytes], count: int) -> list[Any]:
+    """Send ``payload``, read the replies owed on ``line``, then its own ``count``.
+
+    Raises :class:`_Unanswered` when a re-send cannot apply ``payload``
+    twice (see :meth:`Wire.exchange_packed`); a read timeout is raised as
+    it is, and so is a connection that closed after answering part of
+    ``payload``. Owed replies come before ours on the connection: when it
+    closes before them, nothing of ``payload`` was answered either.
+    """
     conn = line.conn
-    conn.send_packed_command(payload, check_health=False)
-    if line.owed and not _collect(line):
-        raise redis.ConnectionError("connection lost while reading earlier replies")
+    try:
+        conn.send_packed_command(payload, check_health=False)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise _Unanswered(str(exc)) from exc
+    if line.owed:
+        try:
+            _collect(line)
+        except redis.ConnectionError as exc:
+            raise _Unanswered(f"connection lost while reading earlier replies: {exc}") from exc
     return _read(conn, count)
 
 

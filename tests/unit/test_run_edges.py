@@ -22,6 +22,7 @@ from celery_checkpoint.envelope import FRESH_HEADER
 from celery_checkpoint.errors import CheckpointStoreError
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status
 from celery_checkpoint.stores import CheckpointStore, open_store
+from tests.harness import wait_for
 
 
 def worker_app(**conf: Any) -> tuple[Celery, CheckpointStore]:
@@ -288,3 +289,85 @@ def test_a_run_that_ends_in_ignore_or_a_dropping_reject_deletes_its_checkpoint(e
     run_as_worker(app, work, task_id, [])
     assert store.get(task_id) is None, "the checkpoint stayed running under a live process"
     assert store.peek(task_id).done
+
+
+def soft_limit_in(monkeypatch: pytest.MonkeyPatch, store: CheckpointStore, method: str) -> None:
+    """Celery's soft time limit fires during the next ``store.<method>`` call, before the store applied it.
+
+    It is raised asynchronously in whatever the pool process runs, so it can
+    strike during an outcome handler's store call as well as in the body.
+    """
+    real = getattr(store, method)
+    fired: list[bool] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        if not fired:
+            fired.append(True)
+            raise SoftTimeLimitExceeded()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, interrupted)
+    monkeypatch.setattr("celery_checkpoint.settle.SETTLE_RETRY_DELAYS", (0.01,) * 500)
+
+
+def test_a_soft_time_limit_while_deleting_a_succeeded_runs_checkpoint_does_not_leave_it_behind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, store = worker_app()
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> int:
+        checkpoint.save({"i": 1})
+        soft_limit_in(monkeypatch, store, "finish")
+        return 7
+
+    task_id = uuid.uuid4().hex
+    run_as_worker(app, work, task_id, [])
+    assert app.AsyncResult(task_id).get(timeout=1) == 7
+    assert "handler raised" not in caplog.text, "the soft time limit escaped on_success"
+    wait_for(lambda: store.peek(task_id).done, 5, "the delete retried in the background")
+    assert store.get(task_id) is None, "a later scan would run the finished task again"
+
+
+def test_a_soft_time_limit_while_deleting_a_failed_runs_checkpoint_does_not_leave_it_behind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, store = worker_app()
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+        soft_limit_in(monkeypatch, store, "finish")
+        raise RuntimeError("bad row")
+
+    task_id = uuid.uuid4().hex
+    run_as_worker(app, work, task_id, [])
+    result = app.AsyncResult(task_id)
+    assert result.state == "FAILURE" and isinstance(result.result, RuntimeError)
+    assert "internal error" not in caplog.text.lower(), "the soft time limit escaped on_failure"
+    wait_for(lambda: store.peek(task_id).done, 5, "the delete retried in the background")
+    assert store.get(task_id) is None, "a later scan would run the failed task again"
+
+
+def test_a_soft_time_limit_while_keeping_a_retried_runs_checkpoint_still_hands_it_to_the_retry(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, store = worker_app(checkpoint_requeue_after=120)
+
+    @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
+    def work(self: CheckpointTask, checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+        soft_limit_in(monkeypatch, store, "park")
+        raise self.retry(countdown=30)
+
+    task_id = uuid.uuid4().hex
+    run_as_worker(app, work, task_id, [])
+    assert app.AsyncResult(task_id).state == "RETRY"
+    assert "internal error" not in caplog.text.lower(), "the soft time limit escaped on_retry"
+    wait_for(
+        lambda: (record := store.get(task_id)) is not None and record.status is Status.WAITING,
+        5,
+        "the checkpoint parked for the retry in the background",
+    )
+    record = store.get(task_id)
+    assert record is not None and record.resend_at is not None and record.resend_at > time.time() + 120
