@@ -78,6 +78,8 @@ class ClaimRequest:
     task_id: str
     expected_owner: str
     max_resumes: int
+    #: The fence the caller read, or ``None`` to claim at whatever fence (see :meth:`CheckpointStore.claim`).
+    expected_fence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class CheckpointStore(Protocol):
         max_resumes: int,
         released_grace: float = 0.0,
         queued_grace: float | None = None,
+        expected_fence: int | None = None,
     ) -> Claim:
         """Atomically take an interrupted checkpoint for re-enqueueing.
 
@@ -214,6 +217,12 @@ class CheckpointStore(Protocol):
 
         Exactly one of several concurrent claimers gets ``CLAIMED``. A record
         already resumed ``max_resumes`` times becomes ``POISONED`` instead.
+
+        ``expected_fence``: the fence a ``peek`` of the caller saw; ``GONE``,
+        with nothing changed, if the record has moved on since. The owner
+        alone does not pin a run: a worker's own pool processes share its
+        owner id, and one of them may have taken the checkpoint over since
+        (same owner, new fence and pid). ``None``: any fence.
         """
         ...
 

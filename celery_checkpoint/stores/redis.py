@@ -496,8 +496,9 @@ class RedisStore:
         max_resumes: int,
         released_grace: float = 0.0,
         queued_grace: float | None = None,
+        expected_fence: int | None = None,
     ) -> Claim:
-        request = ClaimRequest(task_id, expected_owner, max_resumes)
+        request = ClaimRequest(task_id, expected_owner, max_resumes, expected_fence)
         keys, args = self._claim_call(request, claimer, released_grace, queued_grace)
         return _claim(task_id, self._call("claim", task_id, lambda: self._claim(keys=keys, args=args)))
 
@@ -551,6 +552,7 @@ class RedisStore:
             int(released_grace * 1000),
             "" if queued_grace is None else int(queued_grace * 1000),
             self.save_key(task_id, ""),
+            "" if request.expected_fence is None else request.expected_fence,
         ]
         return keys, args
 

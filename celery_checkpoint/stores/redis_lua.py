@@ -219,7 +219,10 @@ return out
 # ARGV[1] task id, ARGV[2] expected owner, ARGV[3] claimer, ARGV[4] max resumes,
 # ARGV[5] released grace in ms, ARGV[6] queued grace in ms ('' = never): how long
 # after it was parked an unowned released / queued record becomes claimable,
-# ARGV[7] the record's save hash name without its fence ('<prefix>save:<id>:').
+# ARGV[7] the record's save hash name without its fence ('<prefix>save:<id>:'),
+# ARGV[8] the fence the caller's peek saw ('' = any): a record whose fence moved
+# since is not claimed and not changed (a pool process of the claimer's own worker
+# may have taken it over: same owner, new fence).
 # Claiming an unowned queued record again is a re-send, not a resume; so is
 # claiming a waiting one past its resend_at (its retry message was lost), which
 # ARGV[6] = '' forbids too. Each re-send doubles the grace before the next one
@@ -240,6 +243,7 @@ if not h[1] then
   redis.call('ZREM', KEYS[8], ARGV[1])
   return {0}
 end
+if ARGV[8] ~= '' and h[5] ~= ARGV[8] then return {0} end
 local now = now_ms()
 local parked_for = now - tonumber(h[4] or 0)
 local save_now = ARGV[7] .. (h[5] or '')

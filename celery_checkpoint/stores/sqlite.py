@@ -482,17 +482,21 @@ class SQLiteStore:
         max_resumes: int,
         released_grace: float = 0.0,
         queued_grace: float | None = None,
+        expected_fence: int | None = None,
     ) -> Claim:
         now = time.time()
         with self._transaction("claim", task_id) as conn:
             row = conn.execute(
-                "SELECT c.status, c.owner, c.resume_count, c.parked_at, c.resend_at, c.resends, w.expires "
-                "FROM checkpoints c LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
+                "SELECT c.status, c.owner, c.resume_count, c.parked_at, c.resend_at, c.resends, c.fence, "
+                "w.expires FROM checkpoints c LEFT JOIN workers w ON w.worker_id = c.owner "
+                "WHERE c.task_id = ?",
                 (task_id,),
             ).fetchone()
             if row is None:
                 return Claim(ClaimOutcome.GONE)
-            status, owner, resume_count, parked_at, resend_at, resends, expires = row
+            status, owner, resume_count, parked_at, resend_at, resends, fence, expires = row
+            if expected_fence is not None and fence != expected_fence:
+                return Claim(ClaimOutcome.GONE)  # changed hands since the caller's peek
             owner_alive = expires is not None and expires > now
             unowned = owner == "" and queued_grace is not None
             if unowned and status in (Status.QUEUED.value, Status.WAITING.value):
@@ -559,6 +563,7 @@ class SQLiteStore:
                         request.max_resumes,
                         released_grace,
                         queued_grace,
+                        request.expected_fence,
                     )
                 )
             except CorruptCheckpoint as exc:  # a store error raises, as the Protocol says

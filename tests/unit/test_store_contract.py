@@ -199,6 +199,38 @@ def test_claim_refuses_a_live_owner_but_not_its_own(store: CheckpointStore) -> N
     assert store.claim("t1", W1, W1, 5).outcome is ClaimOutcome.CLAIMED
 
 
+def _raw(store: CheckpointStore) -> object:
+    """Everything the store holds, as stored: to tell that a call changed nothing at all."""
+    if isinstance(store, RedisStore):
+        keys = sorted(store.client.scan_iter(match=f"{store.prefix}*"))
+        return {key: store.client.dump(key) for key in keys}
+    conn = store._connection()  # type: ignore[attr-defined]
+    return [
+        conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in ("checkpoints", "workers")
+    ]
+
+
+def test_a_claim_fenced_on_a_peek_changes_nothing_once_the_record_moved_on(store: CheckpointStore) -> None:
+    """A worker claims its lost run's checkpoint; another of its pool processes took it over meanwhile.
+
+    Same owner, so only the fence tells the live run from the lost one.
+    """
+    store.register(W1, 30)
+    store.create("t1", _new(W1))  # the lost run, pid 4242
+    seen = store.peek("t1")
+    assert store.takeover("t1", seen.fence, W1, W1, 5151) is not None  # a live run, in another process
+    before = _raw(store)
+    for max_resumes in (5, 0):  # neither claimed nor poisoned
+        refused = store.claim("t1", W1, W1, max_resumes, expected_fence=seen.fence)
+        assert refused.outcome is ClaimOutcome.GONE
+        [batched] = store.claim_many([ClaimRequest("t1", W1, max_resumes, seen.fence)], W1)
+        assert isinstance(batched, Claim) and batched.outcome is ClaimOutcome.GONE
+    assert _raw(store) == before
+    claimed = store.claim("t1", W1, W1, 5, expected_fence=seen.fence + 1)
+    assert claimed.outcome is ClaimOutcome.CLAIMED and claimed.record is not None
+    assert claimed.record.fence == seen.fence + 2
+
+
 def test_a_claim_whose_message_could_not_be_sent_gives_its_resume_back(store: CheckpointStore) -> None:
     store.create("t1", _new(W2))  # W2 died: interrupted once
     for _ in range(3):  # three scans in a broker outage: each claims, fails to publish, gives back
