@@ -136,6 +136,17 @@ class CheckpointStore(Protocol):
         """Delete the record and mark the task id done (success or terminal failure)."""
         ...
 
+    def discard(self, task_id: str, fence: int, owner: str) -> bool:
+        """Delete the record if its fence is still ``fence``, and leave no done marker.
+
+        For ``self.replace()``: the replacement runs under the same task id
+        and must find neither the replaced run's state nor a "finished" mark.
+        The fence is checked in the same atomic step as the delete, so a run
+        that took the record over a moment before keeps it. ``False`` (and
+        nothing changed) when the fence moved on.
+        """
+        ...
+
     def park(
         self,
         task_id: str,

@@ -94,6 +94,7 @@ class RedisStore:
         self._takeover = register(redis_lua.TAKEOVER)
         self._create = register(redis_lua.CREATE)
         self._finish = register(redis_lua.FINISH)
+        self._discard = register(redis_lua.DISCARD)
         self._park = register(redis_lua.PARK)
         self._due = register(redis_lua.DUE)
         self._lease = register(redis_lua.LEASE)
@@ -362,6 +363,16 @@ class RedisStore:
             self.save_key(task_id, fence),
             self.call_key(task_id),
         ]
+
+    def discard(self, task_id: str, fence: int, owner: str) -> bool:
+        keys = [
+            self.record_key(task_id),
+            self.owned_key(owner),
+            self.released_key,
+            self.save_key(task_id, fence),
+            self.call_key(task_id),
+        ]
+        return bool(self._call("delete", task_id, lambda: self._discard(keys=keys, args=[task_id, fence])))
 
     def park(
         self,

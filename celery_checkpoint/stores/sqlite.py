@@ -379,6 +379,15 @@ class SQLiteStore:
             conn.execute("DELETE FROM done WHERE expires <= ?", (now,))
         return True
 
+    def discard(self, task_id: str, fence: int, owner: str) -> bool:
+        """:meth:`finish` without the done marker: one fenced DELETE, atomic on its own."""
+        with self._errors("delete", task_id):
+            cur = self._connection().execute(
+                "DELETE FROM checkpoints WHERE task_id = ? AND fence = ?", (task_id, fence)
+            )
+        self._saves.pop(task_id, None)
+        return cur.rowcount == 1
+
     def park(
         self,
         task_id: str,

@@ -265,6 +265,26 @@ def test_park_waiting_is_not_resumed_by_scans(store: CheckpointStore) -> None:
     assert peek.status is Status.WAITING and peek.owner == ""
 
 
+def test_discard_removes_only_at_its_fence_and_marks_nothing_done(store: CheckpointStore) -> None:
+    """What ``self.replace()`` does: the replacement runs under the same task id."""
+    store.register(W1, 30)
+    store.create("t1", _new(W1))
+    taken = store.takeover("t1", 1, W1, W2, 7)  # a newer run
+    assert taken is not None
+    before = _raw(store)
+    assert not store.discard("t1", 1, W1), "a stale fence discards nothing"
+    assert _raw(store) == before
+    assert store.discard("t1", taken.fence, W2)
+    assert store.get("t1") is None and store.held_by(W2) == []
+    gone = store.peek("t1")
+    assert not gone.exists and not gone.done, "a done marker would drop the replacement"
+    if isinstance(store, RedisStore):  # nothing of the task is left: record, save, call, set entries
+        keys = {key.decode() for key in store.client.scan_iter(match=f"{store.prefix}*")}
+        assert keys <= {store.workers_key, store.owners_key}, keys
+    assert not store.discard("t1", taken.fence, W2)
+    assert store.create("t1", _new(W1)) == 1, "the replacement starts afresh"
+
+
 def test_delete_and_scan(store: CheckpointStore) -> None:
     store.create("a", _new(W1))
     store.create("b", _new(W1))
