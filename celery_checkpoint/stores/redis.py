@@ -63,6 +63,9 @@ FINISH_KEYS, FINISH_ARGS = 6, 3
 #: What Redis's glob matching (SCAN MATCH, KEYS) gives a meaning; a backslash escapes any of them.
 GLOB_SPECIAL = frozenset("*?[]\\")
 
+#: The CLAIM script's answer for a record it cannot read (see :mod:`.redis_lua`).
+CLAIM_MALFORMED = 3
+
 REQUIRED_FIELDS = ("name", "status", "owner", "fence", "saves", "resumes", "saved_at", "created_at", "state")
 
 
@@ -685,6 +688,8 @@ def _pairs(flat: list[Any]) -> dict[str, Any]:
 
 
 def _claim(task_id: str, reply: list[Any]) -> Claim:
+    if int(reply[0]) == CLAIM_MALFORMED:  # the script checked before writing: the record is as it was
+        raise CorruptCheckpoint(f"task {task_id}: checkpoint hash is malformed: {_text(reply[1])}")
     outcome = {0: ClaimOutcome.GONE, 1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.POISONED}[int(reply[0])]
     if outcome is ClaimOutcome.GONE:
         return Claim(outcome)

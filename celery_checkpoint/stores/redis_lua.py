@@ -227,6 +227,35 @@ return out
 """
 )
 
+# malformed(h, save, call): why CLAIM cannot read the record whose HMGET is
+# ``h`` (status owner resumes parked_at fence resend_at resends), its save hash
+# ``save`` and its call ``call``; nil when it can. Integers must be what
+# HINCRBY takes (no leading zero, within 64 bits); the keys of the right type.
+MALFORMED = """
+local function not_integer(name, value, required)
+  if value == false then
+    if required then return name .. ' is missing' end
+    return nil
+  end
+  if value == '0' or (#value < 19 and string.match(value, '^%-?[1-9]%d*$')) then return nil end
+  return name .. ' is not an integer: ' .. value
+end
+local function not_number(name, value)
+  if value == false or tonumber(value) ~= nil then return nil end
+  return name .. ' is not a number: ' .. value
+end
+local function not_a(kind, key)
+  local found = redis.call('TYPE', key)['ok']
+  if found == 'none' or found == kind then return nil end
+  return key .. ' is a ' .. found .. ', not a ' .. kind
+end
+local function malformed(h, save, call)
+  return not_integer('fence', h[5], true) or not_integer('resumes', h[3], true)
+    or not_integer('resends', h[7], false) or not_number('parked_at', h[4])
+    or not_number('resend_at', h[6]) or not_a('hash', save) or not_a('string', call)
+end
+"""
+
 # KEYS[1] record, KEYS[2] expected owner's set, KEYS[3] claimer's set,
 # KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash, KEYS[7] call,
 # KEYS[8] waiting index
@@ -243,10 +272,15 @@ return out
 # (up to 2^MAX_RESEND_DOUBLINGS times; 'resends' counts them until a run takes
 # the record over): a queue no worker reads gets a few copies, not one per grace.
 # Index entries of records that are not waiting any more are dropped here.
-# -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned
+# A script that fails halfway keeps the writes it made (Redis has no rollback),
+# so everything CLAIM compares, counts with or reads back is checked before its
+# first write: a record it cannot read is reported and left as it was.
+# -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned,
+#    {3, reason} malformed (nothing changed)
 CLAIM = (
     NOW_MS
     + SAVES
+    + MALFORMED
     + f"local MAX_RESEND_DOUBLINGS = {MAX_RESEND_DOUBLINGS}\n"
     + """
 local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at', 'fence', 'resend_at',
@@ -257,11 +291,13 @@ if not h[1] then
   redis.call('ZREM', KEYS[8], ARGV[1])
   return {0}
 end
+local save_now = ARGV[7] .. (h[5] or '')
+local bad = malformed(h, save_now, KEYS[7])
+if bad then return {3, bad} end
 if ARGV[8] ~= '' and h[5] ~= ARGV[8] then return {0} end
 local now = now_ms()
 local parked_for = now - tonumber(h[4] or 0)
-local save_now = ARGV[7] .. (h[5] or '')
-local save_next = ARGV[7] .. (tonumber(h[5] or 0) + 1)
+local save_next = ARGV[7] .. (tonumber(h[5]) + 1)
 local resend = false
 local resends = tonumber(h[7] or 0)
 if h[1] == 'queued' and h[2] == '' then
@@ -273,8 +309,6 @@ elseif h[1] == 'waiting' and h[2] == '' then
   redis.call('ZREM', KEYS[8], ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('HDEL', KEYS[1], 'resend_at')
-else
-  redis.call('ZREM', KEYS[8], ARGV[1])
 end
 if resend then
   redis.call('SREM', KEYS[4], ARGV[1])
@@ -292,15 +326,16 @@ elseif (h[1] == 'running' or h[1] == 'queued') and h[2] ~= '' and h[2] == ARGV[2
   -- a worker may always claim its own runs: it knows when one was lost
   claimable = h[2] == ARGV[3] or not alive(KEYS[6], h[2])
 end
+local outcome = tonumber(h[3]) >= tonumber(ARGV[4]) and 2 or 1
+-- Every check that can fail is behind: the writes start (an index entry of a record not waiting goes).
+redis.call('ZREM', KEYS[8], ARGV[1])
 if not claimable then return {0} end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
 move_save(save_now, save_next)
-local outcome = 1
-if tonumber(h[3]) >= tonumber(ARGV[4]) then
+if outcome == 2 then
   redis.call('HSET', KEYS[1], 'status', 'poisoned')
-  outcome = 2
 else
   redis.call('HSET', KEYS[1], 'status', 'queued', 'owner', ARGV[3], 'pid', 0)
   redis.call('HDEL', KEYS[1], 'resends')

@@ -504,6 +504,14 @@ class SQLiteStore:
             if row is None:
                 return Claim(ClaimOutcome.GONE)
             status, owner, resume_count, parked_at, resend_at, resends, fence, expires = row
+            _require_numbers(
+                task_id,
+                fence=fence,
+                resume_count=resume_count,
+                parked_at=parked_at,
+                resend_at=resend_at,
+                resends=resends,
+            )
             if expected_fence is not None and fence != expected_fence:
                 return Claim(ClaimOutcome.GONE)  # changed hands since the caller's peek
             owner_alive = expires is not None and expires > now
@@ -684,6 +692,20 @@ def _upsert_lease(conn: sqlite3.Connection, worker_id: str, expires: float) -> N
         "ON CONFLICT (worker_id) DO UPDATE SET expires = excluded.expires",
         (worker_id, worker_host(worker_id), expires),
     )
+
+
+def _require_numbers(task_id: str, **columns: Any) -> None:
+    """Raise ``CorruptCheckpoint`` unless every one of ``columns`` is a number (or ``NULL``).
+
+    SQLite keeps whatever a column is given (text stays text in an INTEGER
+    column). A claim compares and counts with these: text there would fail
+    as a ``TypeError`` (escaping ``claim_many``, which reports a corrupt
+    record in its slot), or be counted as 0 and claimed. ``None`` passes:
+    the schema lets only ``resend_at`` be ``NULL``.
+    """
+    for name, value in columns.items():
+        if value is not None and not isinstance(value, int | float):
+            raise CorruptCheckpoint(f"task {task_id}: checkpoint row is malformed: {name} is {value!r}")
 
 
 def _status(value: Any) -> Status:

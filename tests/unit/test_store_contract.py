@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from celery_checkpoint.errors import CorruptCheckpoint
 from celery_checkpoint.record import CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_id
@@ -229,6 +230,96 @@ def test_a_claim_fenced_on_a_peek_changes_nothing_once_the_record_moved_on(store
     claimed = store.claim("t1", W1, W1, 5, expected_fence=seen.fence + 1)
     assert claimed.outcome is ClaimOutcome.CLAIMED and claimed.record is not None
     assert claimed.record.fence == seen.fence + 2
+
+
+#: A record field each claim compares or counts with, and what makes the claim reach it.
+CLAIM_FIELDS = {
+    "fence": "dead owner",
+    "resumes": "dead owner",
+    "parked_at": "released",
+    "resend_at": "waiting",
+    "resends": "waiting",
+}
+#: The SQLite column of a record field, where its name differs.
+SQLITE_COLUMNS = {"resumes": "resume_count"}
+
+
+def _claimable(store: CheckpointStore, how: str) -> ClaimRequest:
+    """A record ``t1`` that a claim by W1 would take; the request that would."""
+    if how == "dead owner":
+        store.create("t1", _new(W2))  # W2 never registered: dead
+        return ClaimRequest("t1", W2, 5)
+    store.create("t1", _new(W2))
+    if how == "released":
+        assert store.park("t1", 1, W2, Status.RELEASED)
+    else:
+        assert store.park("t1", 1, W2, Status.WAITING, resend_after=0)
+    return ClaimRequest("t1", "", 5)
+
+
+def _corrupt(store: CheckpointStore, field: str, value: str) -> str:
+    """Write ``value`` into the field of record ``t1``, as no store would; the field's name there."""
+    if isinstance(store, RedisStore):  # a raw write, as any client could make it
+        store.client.hset(store.record_key("t1"), field, value)
+        return field
+    column = SQLITE_COLUMNS.get(field, field)
+    with store._transaction("break") as conn:  # type: ignore[attr-defined]
+        conn.execute(f"UPDATE checkpoints SET {column} = ? WHERE task_id = 't1'", (value,))
+    return column
+
+
+@pytest.mark.parametrize("field", sorted(CLAIM_FIELDS))
+def test_a_claim_reports_a_record_it_cannot_read_and_leaves_it_as_it_was(
+    store: CheckpointStore, field: str
+) -> None:
+    """Not a store error halfway through the claim (a Lua script keeps the writes it made)."""
+    request = _claimable(store, CLAIM_FIELDS[field])
+    named = _corrupt(store, field, "many")
+    before = _raw(store)
+    with pytest.raises(CorruptCheckpoint, match=rf"t1: .*\b{named}\b"):
+        store.claim(request.task_id, request.expected_owner, W1, 5, released_grace=0, queued_grace=0)
+    [batched] = store.claim_many([request], W1, released_grace=0, queued_grace=0)
+    assert isinstance(batched, CorruptCheckpoint)
+    assert _raw(store) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("fence", "1.5"),
+        ("fence", "07"),
+        ("resumes", "0.5"),
+        ("resumes", "99999999999999999999"),
+        ("resends", "1e3"),
+    ],
+)
+def test_a_redis_claim_checks_integers_as_hincrby_reads_them_before_writing(
+    redis_store: RedisStore, redis_admin: redis.Redis, field: str, value: str
+) -> None:
+    """Numbers to Lua, not integers to HINCRBY: the claim would fail at its first HINCRBY."""
+    request = _claimable(redis_store, CLAIM_FIELDS[field])
+    redis_admin.hset(redis_store.record_key("t1"), field, value)
+    before = _raw(redis_store)
+    with pytest.raises(CorruptCheckpoint, match=f"{field} is not an integer"):
+        redis_store.claim(request.task_id, request.expected_owner, W1, 5, released_grace=0, queued_grace=0)
+    assert _raw(redis_store) == before
+
+
+@pytest.mark.parametrize("key", ["save", "call"])
+def test_a_redis_claim_checks_the_keys_it_reads_back_before_writing(
+    redis_store: RedisStore, redis_admin: redis.Redis, key: str
+) -> None:
+    request = _claimable(redis_store, "dead owner")
+    if key == "save":
+        redis_admin.delete(redis_store.save_key("t1", 1))
+        redis_admin.set(redis_store.save_key("t1", 1), "a string, not a hash")
+    else:
+        redis_admin.delete(redis_store.call_key("t1"))
+        redis_admin.hset(redis_store.call_key("t1"), "env", "a hash, not a string")
+    before = _raw(redis_store)
+    with pytest.raises(CorruptCheckpoint, match=r"t1: .* is a "):
+        redis_store.claim(request.task_id, request.expected_owner, W1, 5)
+    assert _raw(redis_store) == before
 
 
 def test_a_claim_whose_message_could_not_be_sent_gives_its_resume_back(store: CheckpointStore) -> None:
