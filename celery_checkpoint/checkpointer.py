@@ -458,17 +458,16 @@ class Checkpointer:
         """Remove this run's checkpoint without marking the task id finished.
 
         For ``self.replace()``: the replacement runs under this task id and
-        must find neither this body's state nor a "finished" marker. Checked
-        against this run's fence first, so a newer run's checkpoint is kept.
+        must find neither this body's state nor a "finished" marker. The
+        store deletes it only at this run's fence, in one atomic step, so a
+        newer run's checkpoint is kept, even one taken over a moment before.
         """
         with self._lock:
             fence = self._fence or self._lost_fence()
             self._fence = 0
             self._latest = None
             if fence:
-                peek = self.store.peek(self.task_id)
-                if peek.exists and peek.fence == fence and peek.owner == self.owner:
-                    self.store.delete(self.task_id)
+                self.store.discard(self.task_id, fence, self.owner)
 
     def suspend(self, resend_after: float | None = None, call: Any = None) -> None:
         """The run asked Celery to retry: keep the checkpoint for the retried run.

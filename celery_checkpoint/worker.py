@@ -47,7 +47,7 @@ from .ownership import pid_alive
 from .record import Status
 from .resume import Resumer, mark_poisoned
 from .runtime import identity, runs_in_process, start_worker_identity
-from .stores import CheckpointStore, ClaimOutcome, create_store
+from .stores import CheckpointStore, ClaimOutcome, Peek, create_store
 from .stores.urls import redact
 
 logger = logging.getLogger(__name__)
@@ -415,7 +415,8 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
         return
     if not (lost or timed_out):
         return
-    if _held_by_another_live_run(store, request):
+    peek = store.peek(request.id)
+    if _held_by_another_live_run(peek, request):
         logger.warning(
             "task %s: a duplicate's process was lost; the checkpoint stays with the run that holds it",
             request.id,
@@ -428,8 +429,11 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
     if requeued:
         # Claim it for this living worker before Celery requeues the message,
         # so the redelivery (on any worker) takes it over without waiting.
+        # Fenced on the peek: a live run of another pool process of this
+        # worker may have taken it over since (same owner, new fence). A
+        # peek that found nothing saw fence 0, which no record ever has.
         me = identity.worker_id
-        claim = store.claim(request.id, me, me, task.checkpoint_config.max_resumes)
+        claim = store.claim(request.id, me, me, task.checkpoint_config.max_resumes, expected_fence=peek.fence)
         if claim.outcome is ClaimOutcome.POISONED and claim.record is not None:
             mark_poisoned(task, claim.record)
         elif claim.outcome is ClaimOutcome.CLAIMED and claim.record is not None:
@@ -473,8 +477,8 @@ def _retries_spent_on_loss(task: Any, request: Any) -> bool:
     return bool(retries >= task.max_retries)
 
 
-def _held_by_another_live_run(store: CheckpointStore, request: Any) -> bool:
-    """Whether the checkpoint belongs to a live run other than the lost one.
+def _held_by_another_live_run(peek: Peek, request: Any) -> bool:
+    """Whether the checkpoint ``peek`` saw belongs to a live run other than the lost one.
 
     The lost process may have run a duplicate delivery (e.g. OOM-killed
     before its first ``save()`` found the task busy) while the real run goes
@@ -483,8 +487,10 @@ def _held_by_another_live_run(store: CheckpointStore, request: Any) -> bool:
     process's pid (``Request.worker_pid``, unknown if it died before Celery
     heard it accepted the task) a run of this worker cannot be told apart,
     and the checkpoint is taken as the lost run's.
+
+    The caller claims the checkpoint fenced on this same ``peek``: what is
+    decided here holds only for the fence it saw.
     """
-    peek = store.peek(request.id)
     if peek.status is not Status.RUNNING:
         return False
     if peek.owner != identity.worker_id:

@@ -78,6 +78,8 @@ class ClaimRequest:
     task_id: str
     expected_owner: str
     max_resumes: int
+    #: The fence the caller read, or ``None`` to claim at whatever fence (see :meth:`CheckpointStore.claim`).
+    expected_fence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,17 @@ class CheckpointStore(Protocol):
 
     def finish(self, task_id: str, fence: int, owner: str) -> bool:
         """Delete the record and mark the task id done (success or terminal failure)."""
+        ...
+
+    def discard(self, task_id: str, fence: int, owner: str) -> bool:
+        """Delete the record if its fence is still ``fence``, and leave no done marker.
+
+        For ``self.replace()``: the replacement runs under the same task id
+        and must find neither the replaced run's state nor a "finished" mark.
+        The fence is checked in the same atomic step as the delete, so a run
+        that took the record over a moment before keeps it. ``False`` (and
+        nothing changed) when the fence moved on.
+        """
         ...
 
     def park(
@@ -199,6 +212,7 @@ class CheckpointStore(Protocol):
         max_resumes: int,
         released_grace: float = 0.0,
         queued_grace: float | None = None,
+        expected_fence: int | None = None,
     ) -> Claim:
         """Atomically take an interrupted checkpoint for re-enqueueing.
 
@@ -214,6 +228,12 @@ class CheckpointStore(Protocol):
 
         Exactly one of several concurrent claimers gets ``CLAIMED``. A record
         already resumed ``max_resumes`` times becomes ``POISONED`` instead.
+
+        ``expected_fence``: the fence a ``peek`` of the caller saw; ``GONE``,
+        with nothing changed, if the record has moved on since. The owner
+        alone does not pin a run: a worker's own pool processes share its
+        owner id, and one of them may have taken the checkpoint over since
+        (same owner, new fence and pid). ``None``: any fence.
         """
         ...
 

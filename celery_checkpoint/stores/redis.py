@@ -63,6 +63,9 @@ FINISH_KEYS, FINISH_ARGS = 6, 3
 #: What Redis's glob matching (SCAN MATCH, KEYS) gives a meaning; a backslash escapes any of them.
 GLOB_SPECIAL = frozenset("*?[]\\")
 
+#: The CLAIM script's answer for a record it cannot read (see :mod:`.redis_lua`).
+CLAIM_MALFORMED = 3
+
 REQUIRED_FIELDS = ("name", "status", "owner", "fence", "saves", "resumes", "saved_at", "created_at", "state")
 
 
@@ -94,6 +97,7 @@ class RedisStore:
         self._takeover = register(redis_lua.TAKEOVER)
         self._create = register(redis_lua.CREATE)
         self._finish = register(redis_lua.FINISH)
+        self._discard = register(redis_lua.DISCARD)
         self._park = register(redis_lua.PARK)
         self._due = register(redis_lua.DUE)
         self._lease = register(redis_lua.LEASE)
@@ -363,6 +367,16 @@ class RedisStore:
             self.call_key(task_id),
         ]
 
+    def discard(self, task_id: str, fence: int, owner: str) -> bool:
+        keys = [
+            self.record_key(task_id),
+            self.owned_key(owner),
+            self.released_key,
+            self.save_key(task_id, fence),
+            self.call_key(task_id),
+        ]
+        return bool(self._call("delete", task_id, lambda: self._discard(keys=keys, args=[task_id, fence])))
+
     def park(
         self,
         task_id: str,
@@ -496,8 +510,9 @@ class RedisStore:
         max_resumes: int,
         released_grace: float = 0.0,
         queued_grace: float | None = None,
+        expected_fence: int | None = None,
     ) -> Claim:
-        request = ClaimRequest(task_id, expected_owner, max_resumes)
+        request = ClaimRequest(task_id, expected_owner, max_resumes, expected_fence)
         keys, args = self._claim_call(request, claimer, released_grace, queued_grace)
         return _claim(task_id, self._call("claim", task_id, lambda: self._claim(keys=keys, args=args)))
 
@@ -551,6 +566,7 @@ class RedisStore:
             int(released_grace * 1000),
             "" if queued_grace is None else int(queued_grace * 1000),
             self.save_key(task_id, ""),
+            "" if request.expected_fence is None else request.expected_fence,
         ]
         return keys, args
 
@@ -672,6 +688,8 @@ def _pairs(flat: list[Any]) -> dict[str, Any]:
 
 
 def _claim(task_id: str, reply: list[Any]) -> Claim:
+    if int(reply[0]) == CLAIM_MALFORMED:  # the script checked before writing: the record is as it was
+        raise CorruptCheckpoint(f"task {task_id}: checkpoint hash is malformed: {_text(reply[1])}")
     outcome = {0: ClaimOutcome.GONE, 1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.POISONED}[int(reply[0])]
     if outcome is ClaimOutcome.GONE:
         return Claim(outcome)

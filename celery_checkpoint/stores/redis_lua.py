@@ -130,6 +130,20 @@ redis.call('SREM', KEYS[4], ARGV[1])
 return 1
 """
 
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set,
+# KEYS[4] save at the fence, KEYS[5] call
+# ARGV[1] task id, ARGV[2] fence
+# -> 1 when deleted, 0 when fenced out
+# FINISH without the done marker (``self.replace()``: the replacement runs
+# under the same task id and must not be dropped as a late delivery).
+DISCARD = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"""
+
 # KEYS[1] record, KEYS[2] owner's set, KEYS[3] unowned set,
 # KEYS[4] save at the fence, KEYS[5] save at the next one, KEYS[6] waiting index,
 # KEYS[7] call
@@ -213,23 +227,60 @@ return out
 """
 )
 
+# malformed(h, save, call): why CLAIM cannot read the record whose HMGET is
+# ``h`` (status owner resumes parked_at fence resend_at resends), its save hash
+# ``save`` and its call ``call``; nil when it can. Integers must be what
+# HINCRBY takes (no leading zero, within 64 bits); the keys of the right type.
+MALFORMED = """
+local function not_integer(name, value, required)
+  if value == false then
+    if required then return name .. ' is missing' end
+    return nil
+  end
+  if value == '0' or (#value < 19 and string.match(value, '^%-?[1-9]%d*$')) then return nil end
+  return name .. ' is not an integer: ' .. value
+end
+local function not_number(name, value)
+  if value == false or tonumber(value) ~= nil then return nil end
+  return name .. ' is not a number: ' .. value
+end
+local function not_a(kind, key)
+  local found = redis.call('TYPE', key)['ok']
+  if found == 'none' or found == kind then return nil end
+  return key .. ' is a ' .. found .. ', not a ' .. kind
+end
+local function malformed(h, save, call)
+  return not_integer('fence', h[5], true) or not_integer('resumes', h[3], true)
+    or not_integer('resends', h[7], false) or not_number('parked_at', h[4])
+    or not_number('resend_at', h[6]) or not_a('hash', save) or not_a('string', call)
+end
+"""
+
 # KEYS[1] record, KEYS[2] expected owner's set, KEYS[3] claimer's set,
 # KEYS[4] released set, KEYS[5] owners set, KEYS[6] workers hash, KEYS[7] call,
 # KEYS[8] waiting index
 # ARGV[1] task id, ARGV[2] expected owner, ARGV[3] claimer, ARGV[4] max resumes,
 # ARGV[5] released grace in ms, ARGV[6] queued grace in ms ('' = never): how long
 # after it was parked an unowned released / queued record becomes claimable,
-# ARGV[7] the record's save hash name without its fence ('<prefix>save:<id>:').
+# ARGV[7] the record's save hash name without its fence ('<prefix>save:<id>:'),
+# ARGV[8] the fence the caller's peek saw ('' = any): a record whose fence moved
+# since is not claimed and not changed (a pool process of the claimer's own worker
+# may have taken it over: same owner, new fence).
 # Claiming an unowned queued record again is a re-send, not a resume; so is
 # claiming a waiting one past its resend_at (its retry message was lost), which
 # ARGV[6] = '' forbids too. Each re-send doubles the grace before the next one
 # (up to 2^MAX_RESEND_DOUBLINGS times; 'resends' counts them until a run takes
 # the record over): a queue no worker reads gets a few copies, not one per grace.
 # Index entries of records that are not waiting any more are dropped here.
-# -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned
+# A script that fails halfway keeps the writes it made (Redis has no rollback),
+# so everything CLAIM compares, counts with or reads back is checked before its
+# first write: a record it cannot read is reported and left as it was.
+# -> {0} gone or not claimable, {1, record...} claimed, {2, record...} poisoned,
+#    {3, reason} malformed (nothing changed)
 CLAIM = (
     NOW_MS
     + SAVES
+    + MALFORMED
     + f"local MAX_RESEND_DOUBLINGS = {MAX_RESEND_DOUBLINGS}\n"
     + """
 local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'resumes', 'parked_at', 'fence', 'resend_at',
@@ -240,10 +291,13 @@ if not h[1] then
   redis.call('ZREM', KEYS[8], ARGV[1])
   return {0}
 end
+local save_now = ARGV[7] .. (h[5] or '')
+local bad = malformed(h, save_now, KEYS[7])
+if bad then return {3, bad} end
+if ARGV[8] ~= '' and h[5] ~= ARGV[8] then return {0} end
 local now = now_ms()
 local parked_for = now - tonumber(h[4] or 0)
-local save_now = ARGV[7] .. (h[5] or '')
-local save_next = ARGV[7] .. (tonumber(h[5] or 0) + 1)
+local save_next = ARGV[7] .. (tonumber(h[5]) + 1)
 local resend = false
 local resends = tonumber(h[7] or 0)
 if h[1] == 'queued' and h[2] == '' then
@@ -255,8 +309,6 @@ elseif h[1] == 'waiting' and h[2] == '' then
   redis.call('ZREM', KEYS[8], ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('HDEL', KEYS[1], 'resend_at')
-else
-  redis.call('ZREM', KEYS[8], ARGV[1])
 end
 if resend then
   redis.call('SREM', KEYS[4], ARGV[1])
@@ -274,15 +326,16 @@ elseif (h[1] == 'running' or h[1] == 'queued') and h[2] ~= '' and h[2] == ARGV[2
   -- a worker may always claim its own runs: it knows when one was lost
   claimable = h[2] == ARGV[3] or not alive(KEYS[6], h[2])
 end
+local outcome = tonumber(h[3]) >= tonumber(ARGV[4]) and 2 or 1
+-- Every check that can fail is behind: the writes start (an index entry of a record not waiting goes).
+redis.call('ZREM', KEYS[8], ARGV[1])
 if not claimable then return {0} end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
 move_save(save_now, save_next)
-local outcome = 1
-if tonumber(h[3]) >= tonumber(ARGV[4]) then
+if outcome == 2 then
   redis.call('HSET', KEYS[1], 'status', 'poisoned')
-  outcome = 2
 else
   redis.call('HSET', KEYS[1], 'status', 'queued', 'owner', ARGV[3], 'pid', 0)
   redis.call('HDEL', KEYS[1], 'resends')

@@ -379,6 +379,15 @@ class SQLiteStore:
             conn.execute("DELETE FROM done WHERE expires <= ?", (now,))
         return True
 
+    def discard(self, task_id: str, fence: int, owner: str) -> bool:
+        """:meth:`finish` without the done marker: one fenced DELETE, atomic on its own."""
+        with self._errors("delete", task_id):
+            cur = self._connection().execute(
+                "DELETE FROM checkpoints WHERE task_id = ? AND fence = ?", (task_id, fence)
+            )
+        self._saves.pop(task_id, None)
+        return cur.rowcount == 1
+
     def park(
         self,
         task_id: str,
@@ -482,17 +491,29 @@ class SQLiteStore:
         max_resumes: int,
         released_grace: float = 0.0,
         queued_grace: float | None = None,
+        expected_fence: int | None = None,
     ) -> Claim:
         now = time.time()
         with self._transaction("claim", task_id) as conn:
             row = conn.execute(
-                "SELECT c.status, c.owner, c.resume_count, c.parked_at, c.resend_at, c.resends, w.expires "
-                "FROM checkpoints c LEFT JOIN workers w ON w.worker_id = c.owner WHERE c.task_id = ?",
+                "SELECT c.status, c.owner, c.resume_count, c.parked_at, c.resend_at, c.resends, c.fence, "
+                "w.expires FROM checkpoints c LEFT JOIN workers w ON w.worker_id = c.owner "
+                "WHERE c.task_id = ?",
                 (task_id,),
             ).fetchone()
             if row is None:
                 return Claim(ClaimOutcome.GONE)
-            status, owner, resume_count, parked_at, resend_at, resends, expires = row
+            status, owner, resume_count, parked_at, resend_at, resends, fence, expires = row
+            _require_numbers(
+                task_id,
+                fence=fence,
+                resume_count=resume_count,
+                parked_at=parked_at,
+                resend_at=resend_at,
+                resends=resends,
+            )
+            if expected_fence is not None and fence != expected_fence:
+                return Claim(ClaimOutcome.GONE)  # changed hands since the caller's peek
             owner_alive = expires is not None and expires > now
             unowned = owner == "" and queued_grace is not None
             if unowned and status in (Status.QUEUED.value, Status.WAITING.value):
@@ -559,6 +580,7 @@ class SQLiteStore:
                         request.max_resumes,
                         released_grace,
                         queued_grace,
+                        request.expected_fence,
                     )
                 )
             except CorruptCheckpoint as exc:  # a store error raises, as the Protocol says
@@ -670,6 +692,20 @@ def _upsert_lease(conn: sqlite3.Connection, worker_id: str, expires: float) -> N
         "ON CONFLICT (worker_id) DO UPDATE SET expires = excluded.expires",
         (worker_id, worker_host(worker_id), expires),
     )
+
+
+def _require_numbers(task_id: str, **columns: Any) -> None:
+    """Raise ``CorruptCheckpoint`` unless every one of ``columns`` is a number (or ``NULL``).
+
+    SQLite keeps whatever a column is given (text stays text in an INTEGER
+    column). A claim compares and counts with these: text there would fail
+    as a ``TypeError`` (escaping ``claim_many``, which reports a corrupt
+    record in its slot), or be counted as 0 and claimed. ``None`` passes:
+    the schema lets only ``resend_at`` be ``NULL``.
+    """
+    for name, value in columns.items():
+        if value is not None and not isinstance(value, int | float):
+            raise CorruptCheckpoint(f"task {task_id}: checkpoint row is malformed: {name} is {value!r}")
 
 
 def _status(value: Any) -> Status:

@@ -193,6 +193,42 @@ class CountingStore:
         return getattr(self.inner, name)
 
 
+class TakenOverBeforeRemoval:
+    """The memory store, where a newer run takes the checkpoint over just before any removal lands."""
+
+    def __init__(self, inner: CheckpointStore, newer: str) -> None:
+        self.inner = inner
+        self.newer = newer
+
+    def _take_over(self, task_id: str) -> None:
+        seen = self.inner.peek(task_id)
+        assert self.inner.takeover(task_id, seen.fence, seen.owner, self.newer, 5151) is not None
+
+    def delete(self, task_id: str) -> bool:
+        self._take_over(task_id)
+        return self.inner.delete(task_id)
+
+    def discard(self, task_id: str, fence: int, owner: str) -> bool:
+        self._take_over(task_id)
+        return self.inner.discard(task_id, fence, owner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_replaced_run_keeps_off_a_checkpoint_taken_over_as_it_discards_its_own(
+    store: CheckpointStore,
+) -> None:
+    """``self.replace()`` removes the run's checkpoint, and only while it is still the run's."""
+    newer = worker_id("w2@h", "b")
+    cp = make(TakenOverBeforeRemoval(store, newer))  # type: ignore[arg-type]
+    assert cp.save({"i": 1})
+    cp.discard()
+    record = store.get("t1")
+    assert record is not None, "the newer run's checkpoint was deleted"
+    assert (record.owner, record.fence) == (newer, 2)
+
+
 def test_a_never_seen_call_loads_without_reading_the_store(store: CheckpointStore) -> None:
     counting = CountingStore(store)
     cp = make(counting, unseen=True)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import time
 
 import redis
 
-from celery_checkpoint.record import EncodedState, NewCheckpoint
+from celery_checkpoint.record import EncodedState, NewCheckpoint, Status
 from celery_checkpoint.stores.base import ClaimOutcome
 from celery_checkpoint.stores.redis import RedisStore
 
@@ -38,18 +38,25 @@ def test_the_record_hash_stays_compact_and_the_call_reads_back(
     assert redis_store.get_many(["t-1"]) == [record]
 
 
-def test_finish_and_delete_remove_the_call_too(redis_store: RedisStore, redis_admin: redis.Redis) -> None:
-    for task_id in ("t-2", "t-3"):
+def test_finish_discard_and_delete_remove_the_call_too(
+    redis_store: RedisStore, redis_admin: redis.Redis
+) -> None:
+    for task_id in ("t-2", "t-3", "t-4"):
         assert redis_store.create(task_id, _new(task_id)) == 1
     assert redis_store.finish("t-2", 1, OWNER)
     assert redis_store.delete("t-3")
-    for task_id in ("t-2", "t-3"):
+    assert redis_store.park("t-4", 1, OWNER, Status.RELEASED)  # in the released set, at fence 2
+    assert redis_store.discard("t-4", 2, "")
+    for task_id, fence in (("t-2", 1), ("t-3", 1), ("t-4", 2)):
         keys = (
             redis_store.record_key(task_id),
             redis_store.call_key(task_id),
-            redis_store.save_key(task_id, 1),
+            redis_store.save_key(task_id, fence),
         )
         assert redis_admin.exists(*keys) == 0
+    assert redis_admin.smembers(redis_store.released_key) == set()
+    assert redis_admin.smembers(redis_store.owned_key(OWNER)) == set()
+    assert redis_admin.exists(redis_store.done_key("t-4")) == 0, "a discard marks nothing done"
 
 
 def test_a_record_written_with_the_call_in_its_hash_still_reads_resumes_and_deletes(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from celery_checkpoint.errors import CorruptCheckpoint
 from celery_checkpoint.record import CheckpointRecord, EncodedState, NewCheckpoint, Status, worker_id
@@ -199,6 +200,128 @@ def test_claim_refuses_a_live_owner_but_not_its_own(store: CheckpointStore) -> N
     assert store.claim("t1", W1, W1, 5).outcome is ClaimOutcome.CLAIMED
 
 
+def _raw(store: CheckpointStore) -> object:
+    """Everything the store holds, as stored: to tell that a call changed nothing at all."""
+    if isinstance(store, RedisStore):
+        keys = sorted(store.client.scan_iter(match=f"{store.prefix}*"))
+        return {key: store.client.dump(key) for key in keys}
+    conn = store._connection()  # type: ignore[attr-defined]
+    return [
+        conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in ("checkpoints", "workers")
+    ]
+
+
+def test_a_claim_fenced_on_a_peek_changes_nothing_once_the_record_moved_on(store: CheckpointStore) -> None:
+    """A worker claims its lost run's checkpoint; another of its pool processes took it over meanwhile.
+
+    Same owner, so only the fence tells the live run from the lost one.
+    """
+    store.register(W1, 30)
+    store.create("t1", _new(W1))  # the lost run, pid 4242
+    seen = store.peek("t1")
+    assert store.takeover("t1", seen.fence, W1, W1, 5151) is not None  # a live run, in another process
+    before = _raw(store)
+    for max_resumes in (5, 0):  # neither claimed nor poisoned
+        refused = store.claim("t1", W1, W1, max_resumes, expected_fence=seen.fence)
+        assert refused.outcome is ClaimOutcome.GONE
+        [batched] = store.claim_many([ClaimRequest("t1", W1, max_resumes, seen.fence)], W1)
+        assert isinstance(batched, Claim) and batched.outcome is ClaimOutcome.GONE
+    assert _raw(store) == before
+    claimed = store.claim("t1", W1, W1, 5, expected_fence=seen.fence + 1)
+    assert claimed.outcome is ClaimOutcome.CLAIMED and claimed.record is not None
+    assert claimed.record.fence == seen.fence + 2
+
+
+#: A record field each claim compares or counts with, and what makes the claim reach it.
+CLAIM_FIELDS = {
+    "fence": "dead owner",
+    "resumes": "dead owner",
+    "parked_at": "released",
+    "resend_at": "waiting",
+    "resends": "waiting",
+}
+#: The SQLite column of a record field, where its name differs.
+SQLITE_COLUMNS = {"resumes": "resume_count"}
+
+
+def _claimable(store: CheckpointStore, how: str) -> ClaimRequest:
+    """A record ``t1`` that a claim by W1 would take; the request that would."""
+    if how == "dead owner":
+        store.create("t1", _new(W2))  # W2 never registered: dead
+        return ClaimRequest("t1", W2, 5)
+    store.create("t1", _new(W2))
+    if how == "released":
+        assert store.park("t1", 1, W2, Status.RELEASED)
+    else:
+        assert store.park("t1", 1, W2, Status.WAITING, resend_after=0)
+    return ClaimRequest("t1", "", 5)
+
+
+def _corrupt(store: CheckpointStore, field: str, value: str) -> str:
+    """Write ``value`` into the field of record ``t1``, as no store would; the field's name there."""
+    if isinstance(store, RedisStore):  # a raw write, as any client could make it
+        store.client.hset(store.record_key("t1"), field, value)
+        return field
+    column = SQLITE_COLUMNS.get(field, field)
+    with store._transaction("break") as conn:  # type: ignore[attr-defined]
+        conn.execute(f"UPDATE checkpoints SET {column} = ? WHERE task_id = 't1'", (value,))
+    return column
+
+
+@pytest.mark.parametrize("field", sorted(CLAIM_FIELDS))
+def test_a_claim_reports_a_record_it_cannot_read_and_leaves_it_as_it_was(
+    store: CheckpointStore, field: str
+) -> None:
+    """Not a store error halfway through the claim (a Lua script keeps the writes it made)."""
+    request = _claimable(store, CLAIM_FIELDS[field])
+    named = _corrupt(store, field, "many")
+    before = _raw(store)
+    with pytest.raises(CorruptCheckpoint, match=rf"t1: .*\b{named}\b"):
+        store.claim(request.task_id, request.expected_owner, W1, 5, released_grace=0, queued_grace=0)
+    [batched] = store.claim_many([request], W1, released_grace=0, queued_grace=0)
+    assert isinstance(batched, CorruptCheckpoint)
+    assert _raw(store) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("fence", "1.5"),
+        ("fence", "07"),
+        ("resumes", "0.5"),
+        ("resumes", "99999999999999999999"),
+        ("resends", "1e3"),
+    ],
+)
+def test_a_redis_claim_checks_integers_as_hincrby_reads_them_before_writing(
+    redis_store: RedisStore, redis_admin: redis.Redis, field: str, value: str
+) -> None:
+    """Numbers to Lua, not integers to HINCRBY: the claim would fail at its first HINCRBY."""
+    request = _claimable(redis_store, CLAIM_FIELDS[field])
+    redis_admin.hset(redis_store.record_key("t1"), field, value)
+    before = _raw(redis_store)
+    with pytest.raises(CorruptCheckpoint, match=f"{field} is not an integer"):
+        redis_store.claim(request.task_id, request.expected_owner, W1, 5, released_grace=0, queued_grace=0)
+    assert _raw(redis_store) == before
+
+
+@pytest.mark.parametrize("key", ["save", "call"])
+def test_a_redis_claim_checks_the_keys_it_reads_back_before_writing(
+    redis_store: RedisStore, redis_admin: redis.Redis, key: str
+) -> None:
+    request = _claimable(redis_store, "dead owner")
+    if key == "save":
+        redis_admin.delete(redis_store.save_key("t1", 1))
+        redis_admin.set(redis_store.save_key("t1", 1), "a string, not a hash")
+    else:
+        redis_admin.delete(redis_store.call_key("t1"))
+        redis_admin.hset(redis_store.call_key("t1"), "env", "a hash, not a string")
+    before = _raw(redis_store)
+    with pytest.raises(CorruptCheckpoint, match=r"t1: .* is a "):
+        redis_store.claim(request.task_id, request.expected_owner, W1, 5)
+    assert _raw(redis_store) == before
+
+
 def test_a_claim_whose_message_could_not_be_sent_gives_its_resume_back(store: CheckpointStore) -> None:
     store.create("t1", _new(W2))  # W2 died: interrupted once
     for _ in range(3):  # three scans in a broker outage: each claims, fails to publish, gives back
@@ -231,6 +354,26 @@ def test_park_waiting_is_not_resumed_by_scans(store: CheckpointStore) -> None:
     assert store.interrupted() == []
     peek = store.peek("t1")
     assert peek.status is Status.WAITING and peek.owner == ""
+
+
+def test_discard_removes_only_at_its_fence_and_marks_nothing_done(store: CheckpointStore) -> None:
+    """What ``self.replace()`` does: the replacement runs under the same task id."""
+    store.register(W1, 30)
+    store.create("t1", _new(W1))
+    taken = store.takeover("t1", 1, W1, W2, 7)  # a newer run
+    assert taken is not None
+    before = _raw(store)
+    assert not store.discard("t1", 1, W1), "a stale fence discards nothing"
+    assert _raw(store) == before
+    assert store.discard("t1", taken.fence, W2)
+    assert store.get("t1") is None and store.held_by(W2) == []
+    gone = store.peek("t1")
+    assert not gone.exists and not gone.done, "a done marker would drop the replacement"
+    if isinstance(store, RedisStore):  # nothing of the task is left: record, save, call, set entries
+        keys = {key.decode() for key in store.client.scan_iter(match=f"{store.prefix}*")}
+        assert keys <= {store.workers_key, store.owners_key}, keys
+    assert not store.discard("t1", taken.fence, W2)
+    assert store.create("t1", _new(W1)) == 1, "the replacement starts afresh"
 
 
 def test_delete_and_scan(store: CheckpointStore) -> None:

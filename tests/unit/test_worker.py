@@ -23,7 +23,7 @@ from celery_checkpoint.errors import CheckpointStoreError
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, worker_id
 from celery_checkpoint.resume import ScanReport
 from celery_checkpoint.runtime import identity
-from celery_checkpoint.stores import CheckpointStore, create_store
+from celery_checkpoint.stores import CheckpointStore, Peek, create_store
 from celery_checkpoint.worker import Steward, _acks_on_timeout, on_run_lost
 from tests.harness import RedisServer
 
@@ -217,6 +217,31 @@ def test_a_lost_duplicate_leaves_another_live_workers_run_alone(
     on_run_lost(lost_task, SimpleNamespace(id="t1", worker_pid=_gone_pid()), _lost())
     peek = store.peek("t1")
     assert (peek.status, peek.owner, peek.fence) == (Status.RUNNING, W2, fence)
+
+
+def test_a_takeover_between_the_lost_runs_peek_and_its_claim_is_left_alone(
+    lost_task: CheckpointTask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another pool process of this worker takes the checkpoint over after ``on_run_lost`` read it.
+
+    Same owner as the lost run, new fence and pid: claimed and parked, that
+    live run would be fenced out.
+    """
+    store = lost_task.checkpoint_store()
+    assert store is not None
+    pid = _gone_pid()
+    store.create("t1", _new(W1, pid, lost_task.name))
+    peek = store.peek
+
+    def peeked_then_taken_over(task_id: str) -> Peek:
+        seen = peek(task_id)
+        assert store.takeover(task_id, seen.fence, W1, W1, os.getpid()) is not None  # in "process A"
+        return seen
+
+    monkeypatch.setattr(store, "peek", peeked_then_taken_over)
+    on_run_lost(lost_task, SimpleNamespace(id="t1", worker_pid=pid), _lost())
+    now = peek("t1")
+    assert (now.status, now.owner, now.pid, now.fence) == (Status.RUNNING, W1, os.getpid(), 2)
 
 
 @pytest.mark.parametrize("known", [True, False], ids=["pid known", "pid unknown"])
