@@ -33,7 +33,6 @@ import signal as os_signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
@@ -49,6 +48,7 @@ from .resume import Resumer, mark_poisoned
 from .runtime import identity, runs_in_process, start_worker_identity
 from .stores import CheckpointStore, ClaimOutcome, Peek, create_store
 from .stores.urls import redact
+from .task_stores import task_stores
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +289,10 @@ def _start_lease(sender: Any = None, **_: Any) -> None:
         start_worker_identity(worker.hostname)
     identity.task_events = bool(getattr(worker, "task_events", False))
     config = CheckpointConfig.from_sources(worker.app.conf)
-    configs, storeless = _stores_of(worker.app, config)
+    inventory = task_stores(worker.app, config)
+    for name, why in inventory.invalid.items():
+        logger.error("task %s: its checkpoint settings are not valid: %s", name, why)
+    configs, storeless = inventory.configs, inventory.storeless
     if storeless:
         logger.warning(
             "checkpoint_store_url is not set for %s: %s run without checkpoints and are never resumed",
@@ -300,37 +303,6 @@ def _start_lease(sender: Any = None, **_: Any) -> None:
     for each in configs:
         _stewards.append(_steward_for(worker.app, each))
     _steward = _stewards[0] if _stewards else None
-
-
-def _stores_of(app: Any, config: CheckpointConfig) -> tuple[list[CheckpointConfig], list[str]]:
-    """The app's settings once per store (URL, key prefix) its checkpointed tasks use.
-
-    ``checkpoint_store_url`` and ``checkpoint_key_prefix`` are task options
-    too: a task's runs are saved under this worker's id in the task's own
-    store, so the worker must hold a lease there (or the other workers take
-    its live runs for interrupted ones) and scan it (or what dead workers
-    left there is never resumed). Also the names of the checkpointed tasks
-    with no store at all.
-    """
-    found: dict[tuple[str, str], CheckpointConfig] = {}
-    if config.store_url:
-        found[(config.store_url, config.key_prefix)] = config
-    storeless: list[str] = []
-    for name, task in list(app.tasks.items()):
-        if not _is_checkpoint_task(task):
-            continue
-        try:
-            own = task.checkpoint_config
-        except ValueError as exc:
-            logger.error("task %s: its checkpoint settings are not valid: %s", name, exc)
-            continue
-        if not own.store_url:
-            storeless.append(name)
-        elif (own.store_url, own.key_prefix) not in found:
-            found[(own.store_url, own.key_prefix)] = replace(
-                config, store_url=own.store_url, key_prefix=own.key_prefix, done_ttl=own.done_ttl
-            )
-    return list(found.values()), storeless
 
 
 def _steward_for(app: Any, config: CheckpointConfig) -> Steward:
@@ -444,8 +416,10 @@ def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:
             # again after checkpoint_requeue_after.
             store.park(request.id, claim.record.fence, me, Status.QUEUED)
             logger.warning("task %s: its process was lost; it resumes from its checkpoint", request.id)
-    elif not worker_state.should_terminate:
-        store.delete(request.id)  # a terminal failure stored by Celery
+    elif not worker_state.should_terminate and peek.exists:
+        # A terminal failure stored by Celery: gone, and marked done as fail()
+        # does, at the fence the peek saw (a takeover since keeps its record).
+        store.finish(request.id, peek.fence, peek.owner)
 
 
 def _acks_on_timeout(task: Any) -> bool:

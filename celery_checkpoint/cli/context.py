@@ -9,7 +9,6 @@ test, never a traceback.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import Counter
@@ -26,8 +25,7 @@ from ..errors import CheckpointStoreError, CorruptCheckpoint
 from ..record import accepted_content_types
 from ..stores import CheckpointStore, create_store
 from ..stores.urls import redact, sqlite_path
-from ..worker import _stores_of
-from ..worker import logger as worker_logger
+from ..task_stores import task_stores
 from .states import STATES, Entry, entry_of
 
 EXIT_REFUSED = 1
@@ -229,38 +227,16 @@ def _open(config: CheckpointConfig) -> CheckpointStore:
 def _configs(app: Any, config: CheckpointConfig, chosen: str | None) -> list[CheckpointConfig]:
     """The settings once per store: the app's, then each checkpointed task's own.
 
-    The worker's own list of the stores it leases and scans, so the CLI sees
-    what the workers see. A task whose settings are not valid is left out
-    there (the worker logs it at start; the CLI says nothing, and ``resume``
-    names the problem for that task's checkpoints). ``chosen`` (``--store``)
-    keeps the stores at that URL, or is a store of its own.
+    The same list the worker leases and scans (:mod:`..task_stores`), so the
+    CLI sees what the workers see. A task whose settings are not valid is
+    left out there (the worker logs it at start; ``resume`` names the
+    problem for that task's checkpoints). ``chosen`` (``--store``) keeps the
+    stores at that URL, or is a store of its own.
     """
-    worker_logger.addFilter(_drop)  # the worker's log line about such a task
-    try:
-        found, _ = _stores_of(app, config)
-    finally:
-        worker_logger.removeFilter(_drop)
-    unique: dict[tuple[str, str], CheckpointConfig] = {}
-    for each in found:
-        unique.setdefault(_identity(each), each)
-    configs = list(unique.values())
+    configs = task_stores(app, config).configs
     if chosen:
         return [each for each in configs if each.store_url == chosen] or [replace(config, store_url=chosen)]
     return configs
-
-
-def _drop(record: logging.LogRecord) -> bool:
-    return False
-
-
-def _identity(config: CheckpointConfig) -> tuple[str, str]:
-    """What tells two stores apart: the URL, and the key prefix where it names other keys.
-
-    Only Redis stores put the prefix in their keys (see ``create_store``):
-    two SQLite settings that differ only by prefix are one file.
-    """
-    url = config.store_url or ""
-    return url, config.key_prefix if urlsplit(url).scheme in ("redis", "rediss") else ""
 
 
 def _labels(configs: list[CheckpointConfig]) -> list[str]:

@@ -219,14 +219,17 @@ def test_a_lost_duplicate_leaves_another_live_workers_run_alone(
     assert (peek.status, peek.owner, peek.fence) == (Status.RUNNING, W2, fence)
 
 
+@pytest.mark.parametrize("requeued", [True, False], ids=["requeued: claimed", "failed for good: removed"])
 def test_a_takeover_between_the_lost_runs_peek_and_its_claim_is_left_alone(
-    lost_task: CheckpointTask, monkeypatch: pytest.MonkeyPatch
+    lost_task: CheckpointTask, monkeypatch: pytest.MonkeyPatch, requeued: bool
 ) -> None:
     """Another pool process of this worker takes the checkpoint over after ``on_run_lost`` read it.
 
-    Same owner as the lost run, new fence and pid: claimed and parked, that
+    Same owner as the lost run, new fence and pid: claimed and parked (a
+    requeued message), or removed (a failure Celery stores for good), that
     live run would be fenced out.
     """
+    lost_task.reject_on_worker_lost = requeued
     store = lost_task.checkpoint_store()
     assert store is not None
     pid = _gone_pid()
@@ -266,6 +269,7 @@ def test_a_lost_run_whose_message_is_not_requeued_loses_its_checkpoint(lost_task
     store.create("t1", _new(W1, pid, lost_task.name))
     on_run_lost(lost_task, SimpleNamespace(id="t1", worker_pid=pid), _lost())
     assert store.get("t1") is None
+    assert store.peek("t1").done  # a late redelivery of a failed task is dropped, as after fail()
 
 
 @pytest.mark.parametrize(("retries", "kept"), [(1, True), (2, False)])
