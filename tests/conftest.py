@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from celery_checkpoint.stores import create_store
+from celery_checkpoint.stores import CheckpointStore, create_store
 from celery_checkpoint.stores.redis import RedisStore
 from tests.harness import RedisServer
 
@@ -41,3 +41,17 @@ def redis_admin(private_redis: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(f"{private_redis.url}/{REDIS_STORE_DB}")
     yield client
     client.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
+    """An empty store of each kind: what every store must do alike (memory, SQLite, Redis)."""
+    if request.param == "memory":
+        s = create_store(f"memory://{uuid.uuid4().hex}")
+    elif request.param == "sqlite":
+        s = create_store(f"sqlite:///{tmp_path}/checkpoints.db")
+    else:
+        server: RedisServer = request.getfixturevalue("private_redis")
+        s = create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
+    yield s
+    s.close()

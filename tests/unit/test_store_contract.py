@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -16,7 +13,6 @@ from celery_checkpoint.record import CheckpointRecord, EncodedState, NewCheckpoi
 from celery_checkpoint.stores import CheckpointStore, Claim, ClaimOutcome, CorruptEntry, create_store
 from celery_checkpoint.stores.base import ClaimRequest
 from celery_checkpoint.stores.redis import RedisStore
-from tests.harness import RedisServer
 
 
 def _state(payload: bytes) -> EncodedState:
@@ -25,19 +21,6 @@ def _state(payload: bytes) -> EncodedState:
 
 def _new(owner: str, payload: bytes = b'{"i": 1}', name: str = "app.task") -> NewCheckpoint:
     return NewCheckpoint(name, owner, 4242, _state(payload), _state(b'{"args": []}'), 0.5, time.time())
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
-    if request.param == "memory":
-        s = create_store("memory://contract")
-    elif request.param == "sqlite":
-        s = create_store(f"sqlite:///{tmp_path}/checkpoints.db")
-    else:
-        server: RedisServer = request.getfixturevalue("private_redis")
-        s = create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
-    yield s
-    s.close()
 
 
 W1 = worker_id("w1@host", "aaaa")

@@ -25,7 +25,6 @@ from celery_checkpoint.resume import ScanReport
 from celery_checkpoint.runtime import identity
 from celery_checkpoint.stores import CheckpointStore, Peek, create_store
 from celery_checkpoint.worker import Steward, _acks_on_timeout, on_run_lost
-from tests.harness import RedisServer
 
 W1 = worker_id("w1@host", "aaaa")
 W2 = worker_id("w2@host", "bbbb")
@@ -116,19 +115,6 @@ def test_no_scan_within_a_lease_ttl_of_a_failed_renewal() -> None:
     assert scans[-1] > failures[-1], "scans start again after the outage"
     too_soon = [s - f for s in scans for f in failures if 0 < s - f < ttl]
     assert not too_soon, f"scanned {too_soon} s after a failed renewal"
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
-    if request.param == "memory":
-        s = create_store(f"memory://{uuid.uuid4().hex}")
-    elif request.param == "sqlite":
-        s = create_store(f"sqlite:///{tmp_path}/checkpoints.db")
-    else:
-        server: RedisServer = request.getfixturevalue("private_redis")
-        s = create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
-    yield s
-    s.close()
 
 
 def _steward(store: CheckpointStore, me: str = W1) -> Steward:
