@@ -33,6 +33,11 @@ from typing import Protocol
 #: Windows shorter than this (seconds) are checked with the clock on every call.
 MIN_WINDOW = 0.1
 
+#: The longest timed wait a lock accepts (~292 years on Linux); a longer one
+#: raises ``OverflowError``. A throttle meant as "never" (``1e10``) arms a
+#: deadline past it: the thread sleeps this long and looks again.
+_LONGEST_WAIT = threading.TIMEOUT_MAX
+
 
 class Reopenable(Protocol):
     def window_over(self) -> None: ...
@@ -81,7 +86,7 @@ class Alarm:
                 delay = deadline - time.monotonic()
                 if delay > 0:
                     self._waking_at = deadline
-                    self._cond.wait(None if deadline == math.inf else delay)
+                    self._cond.wait(None if deadline == math.inf else min(delay, _LONGEST_WAIT))
                     self.wakeups += 1
                     continue
                 target = heapq.heappop(self._heap)[2]()

@@ -143,6 +143,38 @@ def test_short_runs_that_skipped_a_save_leave_the_alarm_nothing_to_do(
     assert own.wakeups <= 5
 
 
+def test_a_window_too_long_for_a_timed_wait_does_not_kill_the_alarm(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A throttle past ``threading.TIMEOUT_MAX`` (~292 years, "never") must not end the alarm thread.
+
+    The thread died on ``OverflowError``; a run arming while it was dying
+    (its traceback being written) notified no one and its window never reopened.
+    """
+    own = Alarm()
+    monkeypatch.setattr(checkpointer_module, "alarm", own)
+    died: list[type[BaseException]] = []
+
+    def slow_hook(args: threading.ExceptHookArgs) -> None:
+        died.append(args.exc_type)
+        time.sleep(1.0)  # a slow stderr: the dying thread still looks alive
+
+    monkeypatch.setattr(threading, "excepthook", slow_hook)
+    never = make(store, throttle=1e10, task_id="never")
+    assert never.save({"i": 1}) and not never.save({"i": 2})  # arms for ~317 years from now
+    time.sleep(0.2)
+    cp = make(store, throttle=0.2, task_id="often")
+    assert cp.save({"i": 1}) and not cp.save({"i": 2})
+    deadline = time.monotonic() + 5
+    while not cp.save({"i": 3}):
+        assert time.monotonic() < deadline, "the window never reopened"
+        time.sleep(0.01)
+    assert not died, f"the alarm thread died: {died}"
+    assert own._thread is not None and own._thread.is_alive()
+    never.close()
+    cp.close()
+
+
 def test_a_resumed_run_loads_the_last_state_and_takes_over(store: CheckpointStore) -> None:
     first = make(store)
     first.save({"i": 7})
