@@ -58,11 +58,23 @@ class RunsInProcess:
         self._lock = threading.Lock()
         self._runs: Counter[str] = Counter()
         self._handles: set[Stoppable] = set()
+        #: Set by the first shutdown request: the worker does not take it back.
+        self._stopping = False
 
     def enter(self, task_id: str, handle: Stoppable) -> None:
+        """Count a run that starts; once a shutdown was requested, ask it to stop at once.
+
+        A run the pool starts just after the request (a ``threads`` pool
+        thread freed by a handoff takes the next queued task; a ``solo`` or
+        ``threads`` run still between its start and its checkpointer) is not
+        among the handles the request reached: it would run to its end, and
+        a warm shutdown would wait for all of it.
+        """
         with self._lock:
             self._runs[task_id] += 1
             self._handles.add(handle)
+        if self._stopping:  # read after the add: a request either saw the handle or is seen here
+            handle.request_stop()
 
     def leave(self, task_id: str, handle: Stoppable) -> None:
         with self._lock:
@@ -79,8 +91,10 @@ class RunsInProcess:
         """Ask every run of this process to stop at its next save.
 
         Safe in a signal handler: it takes no lock (a copy of the set is
-        read as it is) and each request only sets attributes.
+        read as it is) and each request only sets attributes. Runs that
+        start later are asked as they start (:meth:`enter`).
         """
+        self._stopping = True  # before the copy: see enter()
         handles = list(self._handles)
         for handle in handles:
             handle.request_stop()

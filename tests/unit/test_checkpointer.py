@@ -484,3 +484,32 @@ def test_shutdown_forces_the_next_save_then_hands_off(store: CheckpointStore) ->
     assert record.status is Status.RELEASED
     copy = pickle.loads(pickle.dumps(info.value))  # crosses from pool child to main process
     assert copy.requeue and str(copy) == str(info.value)
+
+
+def test_a_run_that_starts_after_the_shutdown_request_hands_off_too(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request reaches the runs of the moment; one the pool starts a moment later must not miss it.
+
+    With ``-P threads`` or ``-P solo`` a run can be between its start and its
+    checkpointer when the worker's signal handler asks this process's runs to
+    stop (and a prefork child asked once may start another run): that run
+    went on to its end, and a warm shutdown waited for all of it.
+    """
+    from celery_checkpoint import CheckpointHandoff
+    from celery_checkpoint.record import Status
+    from celery_checkpoint.runtime import RunsInProcess
+
+    runs = RunsInProcess()  # not the process's: the stop must not reach other tests
+    monkeypatch.setattr(checkpointer_module, "runs_in_process", runs)
+    running = make(store, throttle=3600, task_id="running")
+    assert runs.request_stop() == 1  # what the worker's warm shutdown does
+    late = make(store, throttle=3600, task_id="late")
+    assert late.should_stop, "a run started after the request was not asked to stop"
+    with pytest.raises(CheckpointHandoff):
+        late.save({"i": 1})
+    record = store.get("late")
+    assert record is not None and record.status is Status.RELEASED
+    assert json.loads(record.state.payload) == {"i": 1}
+    running.close()
+    late.close()
