@@ -16,7 +16,9 @@ skip one leave an entry whose run has ended; those are dropped, oldest
 first, whenever the alarm is armed or wakes, and arming never wakes the
 thread for a deadline later than the one it already sleeps until. So a
 stream of them costs about one wake-up per window, not one per task, and
-the heap holds the live runs, not every run of the last window.
+the heap holds the live runs, not every run of the last window: ended runs
+queued behind a live run's earlier window (a long task's 60 s throttle, short
+tasks' 300 s) are swept out whenever the heap has doubled since the last sweep.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ MIN_WINDOW = 0.1
 #: deadline past it: the thread sleeps this long and looks again.
 _LONGEST_WAIT = threading.TIMEOUT_MAX
 
+#: The heap is never swept below this size (a sweep then costs nothing worth saving).
+_SWEEP_FLOOR = 64
+
 
 class Reopenable(Protocol):
     def window_over(self) -> None: ...
@@ -55,6 +60,8 @@ class Alarm:
         self._waking_at = math.inf
         #: How many times the thread has woken up.
         self.wakeups = 0
+        #: The heap size at which ended runs are swept out of it (twice the live ones).
+        self._sweep_at = _SWEEP_FLOOR
 
     @property
     def pending(self) -> int:
@@ -66,6 +73,8 @@ class Alarm:
         with self._cond:
             self._drop_ended()
             heapq.heappush(self._heap, (deadline, next(self._order), weakref.ref(target)))
+            if len(self._heap) > self._sweep_at:
+                self._sweep()
             if self._thread is None or not self._thread.is_alive():  # first use, or it died
                 self._thread = threading.Thread(target=self._run, name="checkpoint-throttle", daemon=True)
                 self._thread.start()
@@ -77,6 +86,17 @@ class Alarm:
         heap = self._heap
         while heap and heap[0][2]() is None:
             heapq.heappop(heap)
+
+    def _sweep(self) -> None:
+        """Forget the windows of every ended run, wherever it sits in the heap.
+
+        ``_drop_ended`` stops at the first live run: behind its window every
+        later one stays, ended or not. Sweeping once the heap has doubled
+        costs O(1) per arming, amortised.
+        """
+        self._heap = [entry for entry in self._heap if entry[2]() is not None]
+        heapq.heapify(self._heap)
+        self._sweep_at = max(_SWEEP_FLOOR, 2 * len(self._heap))
 
     def _run(self) -> None:
         while True:
@@ -98,6 +118,7 @@ class Alarm:
         # it held (an early reopening only costs a clock read) and starts
         # its own thread when it next arms one.
         held, self._heap = self._heap, []
+        self._sweep_at = _SWEEP_FLOOR
         self._cond = threading.Condition(threading.Lock())
         self._thread = None
         self._waking_at = math.inf
