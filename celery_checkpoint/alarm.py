@@ -10,9 +10,14 @@ window's end, every further skipped call reads one attribute, and this
 process's alarm thread clears it at the deadline.
 
 A window shorter than :data:`MIN_WINDOW` is not worth a thread's wake-up and
-keeps the clock read. A task that saves once and ends never skips a save, so
-it never arms one: short tasks cost the alarm nothing. Short tasks that do
-skip one leave an entry whose run has ended; those are dropped, oldest
+keeps the clock read. So does every window in a process whose ``threading``
+gevent or eventlet patched (``-P gevent``, ``-P eventlet``): the alarm's thread
+would be a greenlet, run only when the body yields, and a CPU-bound body that
+saves in a loop never does: its window would never reopen.
+
+A task that saves once and ends never skips a save, so it never arms one:
+short tasks cost the alarm nothing. Short tasks that do skip one leave an
+entry whose run has ended; those are dropped, oldest
 first, whenever the alarm is armed or wakes, and arming never wakes the
 thread for a deadline later than the one it already sleeps until. So a
 stream of them costs about one wake-up per window, not one per task, and
@@ -27,6 +32,7 @@ import heapq
 import itertools
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -48,8 +54,20 @@ class Reopenable(Protocol):
     def window_over(self) -> None: ...
 
 
+def _green_threads() -> bool:
+    """Whether gevent or eventlet patched ``threading``: a new thread would be a greenlet."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is not None and gevent.is_module_patched("threading"):
+        return True
+    eventlet = sys.modules.get("eventlet.patcher")
+    return eventlet is not None and bool(eventlet.is_monkey_patched("thread"))
+
+
 class Alarm:
     """A heap of (deadline, target) served by one daemon thread, started on first use."""
+
+    #: False once the alarm found it cannot run beside the body (green threads): nothing is armed.
+    serves = True
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -68,9 +86,17 @@ class Alarm:
         """Windows held, including those of ended runs not dropped yet."""
         return len(self._heap)
 
-    def at(self, deadline: float, target: Reopenable) -> None:
-        """Call ``target.window_over()`` once ``time.monotonic()`` has reached ``deadline``."""
+    def at(self, deadline: float, target: Reopenable) -> bool:
+        """Call ``target.window_over()`` once ``time.monotonic()`` has reached ``deadline``.
+
+        Returns ``False``, arming nothing, when no thread can do that beside
+        the body (see :func:`_green_threads`, checked when the first thread
+        would start): the caller keeps reading the clock.
+        """
         with self._cond:
+            if self._thread is None and _green_threads():
+                self.serves = False
+                return False
             self._drop_ended()
             heapq.heappush(self._heap, (deadline, next(self._order), weakref.ref(target)))
             if len(self._heap) > self._sweep_at:
@@ -80,6 +106,7 @@ class Alarm:
                 self._thread.start()
             elif deadline < self._waking_at:
                 self._cond.notify()
+        return True
 
     def _drop_ended(self) -> None:
         """Forget the earliest windows while their runs have ended (the target is gone)."""

@@ -197,13 +197,14 @@ class Checkpointer:
 
     def _arm(self) -> None:
         """Skip the rest of this window without reading the clock (see :mod:`.alarm`)."""
-        if self.throttle < MIN_WINDOW:
+        if self.throttle < MIN_WINDOW or not alarm.serves:
             return
         self._quiet = True  # before arming: the alarm may fire at once
         if self._stop_requested:  # a stop requested since the clock was read
             self._quiet = False
             return
-        alarm.at(self._next_save, self)
+        if not alarm.at(self._next_save, self):  # green threads: nothing will reopen it
+            self._quiet = False
 
     def window_over(self) -> None:
         """The alarm's call: the throttle window armed for has ended."""

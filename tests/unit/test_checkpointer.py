@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import threading
 import time
 import uuid
@@ -103,7 +104,6 @@ def test_a_window_long_enough_for_the_alarm_holds_and_then_reopens(store: Checkp
 
 
 def test_a_forked_child_reopens_the_windows_the_parent_alarm_held(store: CheckpointStore) -> None:
-    import os
 
     cp = make(store, throttle=0.3)
     assert cp.save({"i": 1})
@@ -536,3 +536,61 @@ def test_a_run_that_starts_after_the_shutdown_request_hands_off_too(
     assert json.loads(record.state.payload) == {"i": 1}
     running.close()
     late.close()
+
+
+GREEN_LOOP = """
+from gevent import monkey
+
+monkey.patch_all()
+import time, uuid
+from celery_checkpoint.stores import create_store
+from tests.unit.test_checkpointer import make
+
+cp = make(create_store(f"memory://{uuid.uuid4().hex}"), throttle=0.2, task_id="green")
+assert cp.save({"i": 0})
+start, i = time.monotonic(), 0
+while time.monotonic() - start < 1.5:  # CPU-bound: never yields to the gevent hub
+    i += 1
+    cp.save({"i": i})
+print(cp.saves)
+"""
+
+
+def test_a_cpu_bound_loop_under_gevent_still_saves_every_window() -> None:
+    """With ``-P gevent`` the alarm's thread is a greenlet: a body that never yields never let it run.
+
+    Its first skipped save shut the window for good, and the run saved
+    nothing more until it ended.
+    """
+    import subprocess
+    import sys
+
+    pytest.importorskip("gevent")
+    root = str(Path(__file__).resolve().parents[2])
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([root, *sys.path[1:]])}
+    out = subprocess.run(
+        [sys.executable, "-c", GREEN_LOOP], env=env, cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 3, "the window never reopened: one save in 1.5 s with a 0.2 s throttle"
+
+
+def test_green_threads_are_seen_and_the_alarm_arms_nothing(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the gevent test relies on, without gevent: a patched ``threading`` keeps the clock read."""
+    import sys
+    import types
+
+    fake = types.ModuleType("gevent.monkey")
+    fake.is_module_patched = lambda name: name == "threading"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gevent.monkey", fake)
+    own = Alarm()
+    monkeypatch.setattr(checkpointer_module, "alarm", own)
+    cp = make(store, throttle=0.2, task_id="green")
+    assert cp.save({"i": 1}) and not cp.save({"i": 2})
+    assert not own.serves and own.pending == 0 and own._thread is None
+    assert not cp._quiet, "a skipped save shut a window nothing will reopen"
+    time.sleep(0.25)
+    assert cp.save({"i": 3}), "the window did not reopen by the clock"
+    cp.close()
