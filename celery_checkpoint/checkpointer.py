@@ -25,6 +25,7 @@ from .errors import (
     CheckpointError,
     CheckpointHandoff,
     CheckpointOwnershipLost,
+    CheckpointSerializationError,
     CheckpointStoreError,
     CorruptCheckpoint,
     DuplicateRun,
@@ -48,6 +49,22 @@ def _note_fork() -> None:
 
 os.register_at_fork(after_in_child=_note_fork)
 _BEGIN_ATTEMPTS = 8
+
+
+def _as_progress(progress: Any, task_id: str) -> float:
+    """``progress`` as the float every store keeps, or a clear error; nothing is saved then.
+
+    The stores do not check it themselves, and disagree: SQLite keeps the
+    text ``"half"`` in its REAL column, a row no one can read back (the task
+    is never resumed), and refuses a ``Decimal`` as if the store had failed
+    (a store-error retry); Redis takes the ``Decimal`` and refuses the text.
+    """
+    try:
+        return float(progress)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointSerializationError(
+            f"task {task_id}: progress must be a number (0.0 to 1.0), not {progress!r}; nothing was saved"
+        ) from exc
 
 
 class NullCheckpointer:
@@ -221,6 +238,8 @@ class Checkpointer:
     # -- persistence -------------------------------------------------------
 
     def _persist(self, state: Any, progress: float | None, forced: bool) -> bool:
+        if progress is not None and type(progress) is not float:
+            progress = _as_progress(progress, self.task_id)
         with self._lock:
             if not forced and _monotonic() < self._next_save:
                 return False  # another thread persisted while this one waited
