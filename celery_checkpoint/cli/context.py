@@ -179,11 +179,13 @@ def open_stores(ctx: click.Context, store_url: str | None) -> Iterator[Stores]:
     ``--store URL`` restricts the command to that store.
     """
     app = _app(ctx)
+    # The tasks, the stores they name, and the serializers they register: first,
+    # so that the settings are checked against what the app's modules register.
+    app.loader.import_default_modules()
     try:
         config = CheckpointConfig.from_sources(app.conf)
     except ValueError as exc:
         raise Unavailable(f"invalid checkpoint settings: {exc}") from exc
-    app.loader.import_default_modules()  # the tasks, and the stores they name
     configs = _configs(app, config, store_url or ctx.meta.get(STORE_URL_KEY))
     if not configs:
         raise Unavailable(

@@ -1010,3 +1010,26 @@ def test_unreachable_redis_exits_3_with_one_line_naming_it() -> None:
         assert result.exit_code == 3, (args, result.output)
         assert result.stderr.startswith("Error: ") and f"checkpoint store {url} failed to " in result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_a_serializer_this_worker_lacks_stops_only_its_own_resume(
+    store: CheckpointStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A serializer kombu does not know here (a typo, a library missing on this host)."""
+    from celery import Celery
+
+    app = Celery(f"noser-{uuid.uuid4().hex[:6]}", broker="memory://", backend="cache+memory://")
+
+    @app.task(base=CheckpointTask, bind=True, shared=False, checkpoint_serializer="jsno")
+    def typo(self: Any, checkpoint: Any) -> None: ...
+
+    @app.task(base=CheckpointTask, bind=True, shared=False)
+    def fine(self: Any, checkpoint: Any) -> None: ...
+
+    bad, _ = put(store, {"i": 1}, name=typo.name, args=())
+    good, _ = put(store, {"i": 1}, name=fine.name, args=())
+    outcomes = Resumer(app, store, LIVE).scan().outcomes
+    assert outcomes == {bad: Outcome.BAD, good: Outcome.RESUMED}
+    assert set(published(app)) == {good}
+    assert "checkpoint_serializer 'jsno' is not installed" in caplog.text
+    assert store.get(bad) is not None

@@ -324,3 +324,41 @@ def test_a_retry_is_sent_again_only_if_it_has_not_started_well_after_it_was_due(
         assert call["args"] == [2] and call["options"]["queue"] == "later", "the retry's args and routing"
     else:
         assert call["args"] == [1]
+
+
+def test_a_serializer_kombu_does_not_know_fails_the_run_naming_the_setting() -> None:
+    app = make_app(checkpoint_store_url=f"memory://{uuid.uuid4().hex}", checkpoint_serializer="jsno")
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+
+    result = work.apply()
+    assert result.failed()
+    assert isinstance(result.result, ValueError)
+    assert "checkpoint_serializer 'jsno' is not installed" in str(result.result)
+
+
+def test_a_serializer_registered_with_kombu_round_trips() -> None:
+    from kombu.serialization import register, unregister
+
+    name = f"rev-{uuid.uuid4().hex[:6]}"
+    register(
+        name, lambda v: json.dumps(v)[::-1], lambda s: json.loads(s[::-1]), f"application/x-{name}", "utf-8"
+    )
+    try:
+        url = f"memory://{uuid.uuid4().hex}"
+        app = make_app(checkpoint_store_url=url, checkpoint_serializer=name, checkpoint_throttle=0)
+        loaded: list[Any] = []
+
+        @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
+        def work(self: CheckpointTask, checkpoint: Any) -> None:
+            checkpoint.save({"i": 1})
+            record = open_store(url).get(self.request.id)
+            assert record is not None and record.state.content_type == f"application/x-{name}"
+            loaded.append(checkpoint.load())
+
+        assert work.apply().successful()
+        assert loaded == [{"i": 1}]
+    finally:
+        unregister(name)
