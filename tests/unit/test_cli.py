@@ -1033,3 +1033,11 @@ def test_a_serializer_this_worker_lacks_stops_only_its_own_resume(
     assert set(published(app)) == {good}
     assert "checkpoint_serializer 'jsno' is not installed" in caplog.text
     assert store.get(bad) is not None
+
+
+def test_show_a_checkpoint_whose_task_has_invalid_settings(store: CheckpointStore) -> None:
+    """The scan reports such a checkpoint and points at `show`, which must not crash on it."""
+    task_id, _ = put(store, {"i": 7}, name="tests.apps.cliapp.misconfigured")
+    result = cli("show", task_id, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["saved_state"] == {"i": 7}
