@@ -1041,3 +1041,36 @@ def test_show_a_checkpoint_whose_task_has_invalid_settings(store: CheckpointStor
     result = cli("show", task_id, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["saved_state"] == {"i": 7}
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: no NaN or Infinity (which jq and JavaScript refuse)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_show_json_is_valid_json_for_a_state_with_nan_and_infinity(store: CheckpointStore) -> None:
+    task_id, _ = put(store, {"loss": float("nan"), "best": float("-inf"), "ok": 1.5})
+    result = cli("show", task_id, "--json")
+    assert result.exit_code == 0, result.output
+    assert _strict_json(result.stdout)["saved_state"] == {"loss": "nan", "best": "-inf", "ok": 1.5}
+
+
+def test_show_a_pickled_state_json_cannot_hold(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tuple keys (and NaN keys) are fine for pickle; JSON has no such keys."""
+    import pickle
+
+    state = {(1, 2): "pair", float("nan"): "nan key", "s": {3}}
+    encoded = EncodedState(pickle.dumps(state), "application/x-python-serialize", "binary")
+    task_id, _ = put(store, None, encoded=encoded)
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_serializer", "pickle")
+    result = cli("show", task_id, "--json")
+    assert result.exit_code == 0, result.output
+    assert _strict_json(result.stdout)["saved_state"] == {"(1, 2)": "pair", "nan": "nan key", "s": "{3}"}
+    text = cli("show", task_id)
+    assert text.exit_code == 0 and '"(1, 2)": "pair"' in text.stdout
