@@ -31,7 +31,16 @@ from .errors import (
     DuplicateRun,
 )
 from .ownership import Decision, Handover, decide
-from .record import CheckpointRecord, EncodedState, NewCheckpoint, Status, decode, encode, worker_host
+from .record import (
+    CALL_HINT,
+    CheckpointRecord,
+    EncodedState,
+    NewCheckpoint,
+    Status,
+    decode,
+    encode,
+    worker_host,
+)
 from .runtime import runs_in_process
 from .settle import settle_in_background
 from .stores.base import CheckpointStore, Peek
@@ -290,6 +299,7 @@ class Checkpointer:
                 what="call (args, kwargs, options)",
                 task_id=self.task_id,
                 limit=self.max_state_bytes,
+                hint=CALL_HINT,
             )
             self._unconfirmed_fence = 1
             fence = self.store.create(
@@ -507,6 +517,7 @@ class Checkpointer:
                     what="retry's call",
                     task_id=self.task_id,
                     limit=self.max_state_bytes,
+                    hint=CALL_HINT,
                 )
             except CheckpointError as exc:  # keep the call recorded at the first save
                 logger.warning("task %s: the retry's call is not recorded: %s", self.task_id, exc)

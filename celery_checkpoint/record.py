@@ -144,8 +144,23 @@ JSON = "json"
 JSON_CONTENT_TYPE = "application/json"
 
 
-def encode(value: Any, serializer: str, *, what: str, task_id: str, limit: int) -> EncodedState:
-    """Serialize ``value``; the error names the task and the offending type.
+#: What to do about a state that will not serialize.
+STATE_HINT = (
+    "Save only {serializer}-serializable values "
+    "(dict, list, str, int, float, bool, None; datetime/UUID/Decimal with json)."
+)
+#: What to do about a call that will not serialize: the body saved nothing wrong.
+CALL_HINT = (
+    "The first save records the task's args and kwargs with checkpoint_serializer, "
+    "to send the task again after a crash: pass {serializer}-serializable arguments, or set "
+    "checkpoint_serializer to one that carries them (pickle, say, an opt-in)."
+)
+
+
+def encode(
+    value: Any, serializer: str, *, what: str, task_id: str, limit: int, hint: str = STATE_HINT
+) -> EncodedState:
+    """Serialize ``value``; the error names the task, the offending type and what to do.
 
     JSON takes orjson's fast path when it yields what kombu would decode
     to the same value (see :mod:`.fastjson`); everything else goes through
@@ -163,8 +178,7 @@ def encode(value: Any, serializer: str, *, what: str, task_id: str, limit: int) 
     except (EncodeError, TypeError, ValueError) as exc:
         raise CheckpointSerializationError(
             f"task {task_id}: the checkpoint {what} cannot be serialized with "
-            f"{serializer!r}: {exc}. Save only {serializer}-serializable values "
-            "(dict, list, str, int, float, bool, None; datetime/UUID/Decimal with json)."
+            f"{serializer!r}: {exc}. {hint.format(serializer=serializer)}"
         ) from exc
     data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
     return _sized(EncodedState(data, content_type, content_encoding), what, task_id, limit)

@@ -362,3 +362,30 @@ def test_a_serializer_registered_with_kombu_round_trips() -> None:
         assert loaded == [{"i": 1}]
     finally:
         unregister(name)
+
+
+class _Point:
+    """An argument only a pickle message can carry."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def test_a_call_that_will_not_serialize_says_what_to_do_about_the_call() -> None:
+    """The state is fine: the error must be about the arguments, not "save only ... values"."""
+    app = make_app(
+        checkpoint_store_url=f"memory://{uuid.uuid4().hex}",
+        task_serializer="pickle",
+        accept_content=["pickle", "json"],
+    )
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(point: _Point, checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+
+    result = work.apply((_Point(1),))
+    assert result.failed()
+    message = str(result.result)
+    assert f"task {result.id}: the checkpoint call (args, kwargs, options)" in message
+    assert "_Point" in message and "checkpoint_serializer" in message
+    assert "Save only" not in message
