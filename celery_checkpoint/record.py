@@ -201,7 +201,16 @@ def _too_large(size: int, what: str, task_id: str, limit: int) -> NoReturn:
 
 
 def decode(encoded: EncodedState, accept: frozenset[str], *, task_id: str) -> Any:
-    """Deserialize, refusing content types the app did not accept."""
+    """Deserialize, refusing content types the app did not accept.
+
+    Checked here as well as by kombu, which trusts no content type at all,
+    and ``application/data``, as raw: it returns such a payload undecoded,
+    so an entry written without one (by hand, by another program) reached
+    the body as a ``str`` or ``bytes``, and the failure that followed
+    deleted the evidence instead of keeping it ``poisoned``.
+    """
+    if encoded.content_type not in accept:
+        raise CorruptCheckpoint(_not_accepted(encoded, accept, task_id))
     try:
         return loads(
             encoded.payload,
@@ -210,12 +219,16 @@ def decode(encoded: EncodedState, accept: frozenset[str], *, task_id: str) -> An
             accept=accept,
         )
     except ContentDisallowed as exc:
-        raise CorruptCheckpoint(
-            f"task {task_id}: checkpoint is stored as {encoded.content_type!r}, which "
-            f"is not accepted here ({sorted(accept)}); set checkpoint_serializer to opt in"
-        ) from exc
+        raise CorruptCheckpoint(_not_accepted(encoded, accept, task_id)) from exc
     except (DecodeError, ValueError, TypeError, UnicodeDecodeError, EOFError) as exc:
         raise CorruptCheckpoint(f"task {task_id}: checkpoint cannot be decoded: {exc}") from exc
+
+
+def _not_accepted(encoded: EncodedState, accept: frozenset[str], task_id: str) -> str:
+    return (
+        f"task {task_id}: checkpoint is stored as {encoded.content_type!r}, which "
+        f"is not accepted here ({sorted(accept)}); set checkpoint_serializer to opt in"
+    )
 
 
 @functools.cache

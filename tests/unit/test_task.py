@@ -389,3 +389,32 @@ def test_a_call_that_will_not_serialize_says_what_to_do_about_the_call() -> None
     assert f"task {result.id}: the checkpoint call (args, kwargs, options)" in message
     assert "_Point" in message and "checkpoint_serializer" in message
     assert "Save only" not in message
+
+
+@pytest.mark.parametrize("content_type", ["", "application/data"], ids=["none", "raw"])
+def test_a_state_of_no_content_type_is_kept_as_poisoned_not_handed_over_raw(content_type: str) -> None:
+    """kombu returned such a payload undecoded: the body got a str or bytes; then the entry was deleted."""
+    from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, encode, worker_id
+
+    url = f"memory://{uuid.uuid4().hex}"
+    app = make_app(checkpoint_store_url=url, checkpoint_throttle=0)
+    seen: list[Any] = []
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None:
+        seen.append(checkpoint.load())
+
+    task_id = uuid.uuid4().hex
+    call = encode(
+        {"args": [], "kwargs": {}, "options": {"task_id": task_id}}, "json", what="c", task_id="", limit=999
+    )
+    written_by_hand = EncodedState(b'{"i": 1}', content_type, "")
+    store = open_store(url)
+    new = NewCheckpoint(work.name, worker_id("gone@host", "x"), 1, written_by_hand, call, None, time.time())
+    assert store.create(task_id, new) == 1
+
+    result = work.apply(task_id=task_id)
+    assert result.failed() and seen == []
+    assert f"task {task_id}: checkpoint is stored as {content_type!r}" in str(result.result)
+    record = store.get(task_id)
+    assert record is not None and record.status is Status.POISONED
