@@ -25,12 +25,22 @@ from .errors import (
     CheckpointError,
     CheckpointHandoff,
     CheckpointOwnershipLost,
+    CheckpointSerializationError,
     CheckpointStoreError,
     CorruptCheckpoint,
     DuplicateRun,
 )
 from .ownership import Decision, Handover, decide
-from .record import CheckpointRecord, EncodedState, NewCheckpoint, Status, decode, encode, worker_host
+from .record import (
+    CALL_HINT,
+    CheckpointRecord,
+    EncodedState,
+    NewCheckpoint,
+    Status,
+    decode,
+    encode,
+    worker_host,
+)
 from .runtime import runs_in_process
 from .settle import settle_in_background
 from .stores.base import CheckpointStore, Peek
@@ -48,6 +58,22 @@ def _note_fork() -> None:
 
 os.register_at_fork(after_in_child=_note_fork)
 _BEGIN_ATTEMPTS = 8
+
+
+def _as_progress(progress: Any, task_id: str) -> float:
+    """``progress`` as the float every store keeps, or a clear error; nothing is saved then.
+
+    The stores do not check it themselves, and disagree: SQLite keeps the
+    text ``"half"`` in its REAL column, a row no one can read back (the task
+    is never resumed), and refuses a ``Decimal`` as if the store had failed
+    (a store-error retry); Redis takes the ``Decimal`` and refuses the text.
+    """
+    try:
+        return float(progress)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointSerializationError(
+            f"task {task_id}: progress must be a number (0.0 to 1.0), not {progress!r}; nothing was saved"
+        ) from exc
 
 
 class NullCheckpointer:
@@ -222,6 +248,8 @@ class Checkpointer:
     # -- persistence -------------------------------------------------------
 
     def _persist(self, state: Any, progress: float | None, forced: bool) -> bool:
+        if progress is not None and type(progress) is not float:
+            progress = _as_progress(progress, self.task_id)
         with self._lock:
             if not forced and _monotonic() < self._next_save:
                 return False  # another thread persisted while this one waited
@@ -272,6 +300,7 @@ class Checkpointer:
                 what="call (args, kwargs, options)",
                 task_id=self.task_id,
                 limit=self.max_state_bytes,
+                hint=CALL_HINT,
             )
             self._unconfirmed_fence = 1
             fence = self.store.create(
@@ -489,6 +518,7 @@ class Checkpointer:
                     what="retry's call",
                     task_id=self.task_id,
                     limit=self.max_state_bytes,
+                    hint=CALL_HINT,
                 )
             except CheckpointError as exc:  # keep the call recorded at the first save
                 logger.warning("task %s: the retry's call is not recorded: %s", self.task_id, exc)

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kombu.exceptions import SerializerNotInstalled
+from kombu.serialization import dumps
+
 #: Defaults for every ``checkpoint_*`` setting, documented in the README.
 DEFAULTS: dict[str, Any] = {
     "checkpoint_store_url": None,
@@ -81,6 +84,12 @@ class CheckpointConfig:
             value = getattr(self, field.name)
             if field.name in _NUMBERS and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"checkpoint_{field.name} must be a number, not {value!r}")
+        if not _installed(self.serializer):
+            raise ValueError(
+                f"checkpoint_serializer {self.serializer!r} is not installed in kombu in this process: "
+                "register it with kombu.serialization.register() where the app is defined, "
+                "or install its library"
+            )
         if self.on_store_error not in ("retry", "raise", "warn"):
             raise ValueError(
                 f"checkpoint_on_store_error must be 'retry', 'raise' or 'warn', not {self.on_store_error!r}"
@@ -92,3 +101,21 @@ class CheckpointConfig:
         if self.done_ttl < 0.001:
             # Redis keeps the marker with PX in whole milliseconds; 0 would fail every delete.
             raise ValueError("checkpoint_done_ttl must be at least 0.001 (seconds)")
+
+
+def _installed(serializer: Any) -> bool:
+    """Whether kombu can encode with ``serializer`` in this process.
+
+    Asked once per task, when its settings are read: found only at the
+    first save, a typo (or a library missing on one host) failed each run
+    with kombu's own error, and a resume scan that met such a task's
+    checkpoint stopped, resuming none of the others. A serializer that
+    exists but refuses ``None`` is left to tell its own errors at save().
+    """
+    try:
+        dumps(None, serializer=serializer)
+    except SerializerNotInstalled:
+        return False
+    except Exception:
+        return True
+    return True

@@ -144,8 +144,23 @@ JSON = "json"
 JSON_CONTENT_TYPE = "application/json"
 
 
-def encode(value: Any, serializer: str, *, what: str, task_id: str, limit: int) -> EncodedState:
-    """Serialize ``value``; the error names the task and the offending type.
+#: What to do about a state that will not serialize.
+STATE_HINT = (
+    "Save only {serializer}-serializable values "
+    "(dict, list, str, int, float, bool, None; datetime/UUID/Decimal with json)."
+)
+#: What to do about a call that will not serialize: the body saved nothing wrong.
+CALL_HINT = (
+    "The first save records the task's args and kwargs with checkpoint_serializer, "
+    "to send the task again after a crash: pass {serializer}-serializable arguments, or set "
+    "checkpoint_serializer to one that carries them (pickle, say, an opt-in)."
+)
+
+
+def encode(
+    value: Any, serializer: str, *, what: str, task_id: str, limit: int, hint: str = STATE_HINT
+) -> EncodedState:
+    """Serialize ``value``; the error names the task, the offending type and what to do.
 
     JSON takes orjson's fast path when it yields what kombu would decode
     to the same value (see :mod:`.fastjson`); everything else goes through
@@ -163,8 +178,7 @@ def encode(value: Any, serializer: str, *, what: str, task_id: str, limit: int) 
     except (EncodeError, TypeError, ValueError) as exc:
         raise CheckpointSerializationError(
             f"task {task_id}: the checkpoint {what} cannot be serialized with "
-            f"{serializer!r}: {exc}. Save only {serializer}-serializable values "
-            "(dict, list, str, int, float, bool, None; datetime/UUID/Decimal with json)."
+            f"{serializer!r}: {exc}. {hint.format(serializer=serializer)}"
         ) from exc
     data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
     return _sized(EncodedState(data, content_type, content_encoding), what, task_id, limit)
@@ -187,7 +201,16 @@ def _too_large(size: int, what: str, task_id: str, limit: int) -> NoReturn:
 
 
 def decode(encoded: EncodedState, accept: frozenset[str], *, task_id: str) -> Any:
-    """Deserialize, refusing content types the app did not accept."""
+    """Deserialize, refusing content types the app did not accept.
+
+    Checked here as well as by kombu, which trusts no content type at all,
+    and ``application/data``, as raw: it returns such a payload undecoded,
+    so an entry written without one (by hand, by another program) reached
+    the body as a ``str`` or ``bytes``, and the failure that followed
+    deleted the evidence instead of keeping it ``poisoned``.
+    """
+    if encoded.content_type not in accept:
+        raise CorruptCheckpoint(_not_accepted(encoded, accept, task_id))
     try:
         return loads(
             encoded.payload,
@@ -196,12 +219,16 @@ def decode(encoded: EncodedState, accept: frozenset[str], *, task_id: str) -> An
             accept=accept,
         )
     except ContentDisallowed as exc:
-        raise CorruptCheckpoint(
-            f"task {task_id}: checkpoint is stored as {encoded.content_type!r}, which "
-            f"is not accepted here ({sorted(accept)}); set checkpoint_serializer to opt in"
-        ) from exc
+        raise CorruptCheckpoint(_not_accepted(encoded, accept, task_id)) from exc
     except (DecodeError, ValueError, TypeError, UnicodeDecodeError, EOFError) as exc:
         raise CorruptCheckpoint(f"task {task_id}: checkpoint cannot be decoded: {exc}") from exc
+
+
+def _not_accepted(encoded: EncodedState, accept: frozenset[str], task_id: str) -> str:
+    return (
+        f"task {task_id}: checkpoint is stored as {encoded.content_type!r}, which "
+        f"is not accepted here ({sorted(accept)}); set checkpoint_serializer to opt in"
+    )
 
 
 @functools.cache

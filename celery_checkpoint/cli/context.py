@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -99,7 +99,12 @@ class Session:
         from ..task import CheckpointTask
 
         task = self.app.tasks.get(task_name)
-        config = task.checkpoint_config if isinstance(task, CheckpointTask) else self.config
+        config = self.config
+        if isinstance(task, CheckpointTask):
+            # Invalid settings (the scan reports why, and points here) cannot say
+            # what the task would load: the app's settings show its checkpoint.
+            with suppress(ValueError):
+                config = task.checkpoint_config
         return accepted_content_types(config.serializer)
 
 
@@ -179,11 +184,13 @@ def open_stores(ctx: click.Context, store_url: str | None) -> Iterator[Stores]:
     ``--store URL`` restricts the command to that store.
     """
     app = _app(ctx)
+    # The tasks, the stores they name, and the serializers they register: first,
+    # so that the settings are checked against what the app's modules register.
+    app.loader.import_default_modules()
     try:
         config = CheckpointConfig.from_sources(app.conf)
     except ValueError as exc:
         raise Unavailable(f"invalid checkpoint settings: {exc}") from exc
-    app.loader.import_default_modules()  # the tasks, and the stores they name
     configs = _configs(app, config, store_url or ctx.meta.get(STORE_URL_KEY))
     if not configs:
         raise Unavailable(

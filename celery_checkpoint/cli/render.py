@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -56,7 +57,28 @@ def as_dict(entry: Entry) -> dict[str, Any]:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, default=_json_default, sort_keys=False)
+    return json.dumps(_printable(value), indent=2, default=_json_default, sort_keys=False, allow_nan=False)
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with what JSON cannot hold spelled out, so ``--json`` prints valid JSON.
+
+    A state may hold NaN and infinities (kombu's JSON writes them as the
+    non-standard ``NaN``/``Infinity``, which jq and JavaScript refuse), and a
+    pickled one keys JSON has no form for (a tuple: json.dumps raised, and
+    ``show`` died on the very entry it is for). They are printed as their repr.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {_printable_key(key): _printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(item) for item in value]
+    return value
+
+
+def _printable_key(key: Any) -> Any:
+    return key if isinstance(key, (str, int)) or key is None else repr(key)
 
 
 def _json_default(value: Any) -> Any:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import decimal
 import json
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -594,3 +595,36 @@ def test_green_threads_are_seen_and_the_alarm_arms_nothing(
     time.sleep(0.25)
     assert cp.save({"i": 3}), "the window did not reopen by the clock"
     cp.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def file_or_redis_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
+    """A store whose columns or fields do not check what they are given (SQLite, Redis)."""
+    if request.param == "sqlite":
+        s = create_store(f"sqlite:///{tmp_path}/checkpoints.db")
+    else:
+        server: RedisServer = request.getfixturevalue("private_redis")
+        s = create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("progress", ["half", [0.5], object()], ids=["text", "list", "object"])
+def test_a_progress_that_is_no_number_is_refused_and_saves_nothing(
+    file_or_redis_store: CheckpointStore, progress: Any
+) -> None:
+    """Stored as given, "half" made the SQLite row unreadable: the task could never be resumed."""
+    cp = make(file_or_redis_store)
+    with pytest.raises(CheckpointSerializationError, match=r"task t1: progress must be a number"):
+        cp.save({"i": 1}, progress=progress)
+    assert file_or_redis_store.get("t1") is None
+    assert cp.save({"i": 1}, progress=0.5), "a bad progress must not throttle the next save"
+
+
+def test_a_numeric_progress_is_kept_as_a_float_by_every_store(file_or_redis_store: CheckpointStore) -> None:
+    """A Decimal was refused by SQLite as if the store had failed (a retry, by default)."""
+    cp = make(file_or_redis_store)
+    assert cp.save({"i": 1}, progress=decimal.Decimal("0.25"))
+    assert cp.progress == 0.25 and type(cp.progress) is float
+    record = file_or_redis_store.get("t1")
+    assert record is not None and record.progress == 0.25

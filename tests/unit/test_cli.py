@@ -1010,3 +1010,67 @@ def test_unreachable_redis_exits_3_with_one_line_naming_it() -> None:
         assert result.exit_code == 3, (args, result.output)
         assert result.stderr.startswith("Error: ") and f"checkpoint store {url} failed to " in result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_a_serializer_this_worker_lacks_stops_only_its_own_resume(
+    store: CheckpointStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A serializer kombu does not know here (a typo, a library missing on this host)."""
+    from celery import Celery
+
+    app = Celery(f"noser-{uuid.uuid4().hex[:6]}", broker="memory://", backend="cache+memory://")
+
+    @app.task(base=CheckpointTask, bind=True, shared=False, checkpoint_serializer="jsno")
+    def typo(self: Any, checkpoint: Any) -> None: ...
+
+    @app.task(base=CheckpointTask, bind=True, shared=False)
+    def fine(self: Any, checkpoint: Any) -> None: ...
+
+    bad, _ = put(store, {"i": 1}, name=typo.name, args=())
+    good, _ = put(store, {"i": 1}, name=fine.name, args=())
+    outcomes = Resumer(app, store, LIVE).scan().outcomes
+    assert outcomes == {bad: Outcome.BAD, good: Outcome.RESUMED}
+    assert set(published(app)) == {good}
+    assert "checkpoint_serializer 'jsno' is not installed" in caplog.text
+    assert store.get(bad) is not None
+
+
+def test_show_a_checkpoint_whose_task_has_invalid_settings(store: CheckpointStore) -> None:
+    """The scan reports such a checkpoint and points at `show`, which must not crash on it."""
+    task_id, _ = put(store, {"i": 7}, name="tests.apps.cliapp.misconfigured")
+    result = cli("show", task_id, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["saved_state"] == {"i": 7}
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: no NaN or Infinity (which jq and JavaScript refuse)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_show_json_is_valid_json_for_a_state_with_nan_and_infinity(store: CheckpointStore) -> None:
+    task_id, _ = put(store, {"loss": float("nan"), "best": float("-inf"), "ok": 1.5})
+    result = cli("show", task_id, "--json")
+    assert result.exit_code == 0, result.output
+    assert _strict_json(result.stdout)["saved_state"] == {"loss": "nan", "best": "-inf", "ok": 1.5}
+
+
+def test_show_a_pickled_state_json_cannot_hold(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tuple keys (and NaN keys) are fine for pickle; JSON has no such keys."""
+    import pickle
+
+    state = {(1, 2): "pair", float("nan"): "nan key", "s": {3}}
+    encoded = EncodedState(pickle.dumps(state), "application/x-python-serialize", "binary")
+    task_id, _ = put(store, None, encoded=encoded)
+    monkeypatch.setitem(cliapp.app.conf, "checkpoint_serializer", "pickle")
+    result = cli("show", task_id, "--json")
+    assert result.exit_code == 0, result.output
+    assert _strict_json(result.stdout)["saved_state"] == {"(1, 2)": "pair", "nan": "nan key", "s": "{3}"}
+    text = cli("show", task_id)
+    assert text.exit_code == 0 and '"(1, 2)": "pair"' in text.stdout

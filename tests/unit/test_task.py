@@ -324,3 +324,97 @@ def test_a_retry_is_sent_again_only_if_it_has_not_started_well_after_it_was_due(
         assert call["args"] == [2] and call["options"]["queue"] == "later", "the retry's args and routing"
     else:
         assert call["args"] == [1]
+
+
+def test_a_serializer_kombu_does_not_know_fails_the_run_naming_the_setting() -> None:
+    app = make_app(checkpoint_store_url=f"memory://{uuid.uuid4().hex}", checkpoint_serializer="jsno")
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+
+    result = work.apply()
+    assert result.failed()
+    assert isinstance(result.result, ValueError)
+    assert "checkpoint_serializer 'jsno' is not installed" in str(result.result)
+
+
+def test_a_serializer_registered_with_kombu_round_trips() -> None:
+    from kombu.serialization import register, unregister
+
+    name = f"rev-{uuid.uuid4().hex[:6]}"
+    register(
+        name, lambda v: json.dumps(v)[::-1], lambda s: json.loads(s[::-1]), f"application/x-{name}", "utf-8"
+    )
+    try:
+        url = f"memory://{uuid.uuid4().hex}"
+        app = make_app(checkpoint_store_url=url, checkpoint_serializer=name, checkpoint_throttle=0)
+        loaded: list[Any] = []
+
+        @app.task(base=CheckpointTask, bind=True, name=f"work-{uuid.uuid4().hex}")
+        def work(self: CheckpointTask, checkpoint: Any) -> None:
+            checkpoint.save({"i": 1})
+            record = open_store(url).get(self.request.id)
+            assert record is not None and record.state.content_type == f"application/x-{name}"
+            loaded.append(checkpoint.load())
+
+        assert work.apply().successful()
+        assert loaded == [{"i": 1}]
+    finally:
+        unregister(name)
+
+
+class _Point:
+    """An argument only a pickle message can carry."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def test_a_call_that_will_not_serialize_says_what_to_do_about_the_call() -> None:
+    """The state is fine: the error must be about the arguments, not "save only ... values"."""
+    app = make_app(
+        checkpoint_store_url=f"memory://{uuid.uuid4().hex}",
+        task_serializer="pickle",
+        accept_content=["pickle", "json"],
+    )
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(point: _Point, checkpoint: Any) -> None:
+        checkpoint.save({"i": 1})
+
+    result = work.apply((_Point(1),))
+    assert result.failed()
+    message = str(result.result)
+    assert f"task {result.id}: the checkpoint call (args, kwargs, options)" in message
+    assert "_Point" in message and "checkpoint_serializer" in message
+    assert "Save only" not in message
+
+
+@pytest.mark.parametrize("content_type", ["", "application/data"], ids=["none", "raw"])
+def test_a_state_of_no_content_type_is_kept_as_poisoned_not_handed_over_raw(content_type: str) -> None:
+    """kombu returned such a payload undecoded: the body got a str or bytes; then the entry was deleted."""
+    from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, encode, worker_id
+
+    url = f"memory://{uuid.uuid4().hex}"
+    app = make_app(checkpoint_store_url=url, checkpoint_throttle=0)
+    seen: list[Any] = []
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> None:
+        seen.append(checkpoint.load())
+
+    task_id = uuid.uuid4().hex
+    call = encode(
+        {"args": [], "kwargs": {}, "options": {"task_id": task_id}}, "json", what="c", task_id="", limit=999
+    )
+    written_by_hand = EncodedState(b'{"i": 1}', content_type, "")
+    store = open_store(url)
+    new = NewCheckpoint(work.name, worker_id("gone@host", "x"), 1, written_by_hand, call, None, time.time())
+    assert store.create(task_id, new) == 1
+
+    result = work.apply(task_id=task_id)
+    assert result.failed() and seen == []
+    assert f"task {task_id}: checkpoint is stored as {content_type!r}" in str(result.result)
+    record = store.get(task_id)
+    assert record is not None and record.status is Status.POISONED
