@@ -226,6 +226,20 @@ def test_format_task_labels_a_resumed_task(task_class: type[Any]) -> None:
     assert cf.format_task(copy.copy(task)).state == "CHECKPOINT 100% · resumed 2x"
 
 
+def test_format_task_shows_a_revoked_task_as_revoked(task_class: type[Any]) -> None:
+    """Celery ranks a custom state above REVOKED: after ``revoke(terminate=True)`` the event
+    state keeps ``CHECKPOINT``, and the page and list would show a dead task as running."""
+    cf.install()
+    task = received_then_checkpoint()
+    task.event("revoked", 1_700_000_002.0, 1_700_000_002.0, {"terminated": True, "signum": 15})
+    assert task.state == "CHECKPOINT" and task.revoked == 1_700_000_002.0  # Celery's own ranking
+
+    shown = cf.format_task(copy.copy(task))
+
+    assert shown.state == "REVOKED"
+    assert shown.checkpoint_progress == "45%"  # where it stopped
+
+
 def test_format_task_leaves_other_tasks_alone(task_class: type[Any]) -> None:
     cf.install()
     task = task_class(uuid="plain", name="app.add", state="SUCCESS")
