@@ -80,18 +80,22 @@ class NullCheckpointer:
     """What a task gets when no store is configured: harmless no-ops.
 
     ``load()`` returns ``None`` and ``save()`` returns ``False``, so a task
-    written for checkpoints still runs, just without resuming.
+    written for checkpoints still runs, just without resuming. It answers
+    every call and attribute of :class:`Checkpointer`'s documented API the
+    same way (``save(state, 0.5)`` included): a body must not crash only
+    because it is called directly or checkpoints are off.
     """
 
     resume_count = 0
     saves = 0
     progress: float | None = None
+    saved_at: float | None = None
     enabled = False
 
     def load(self) -> Any:
         return None
 
-    def save(self, state: Any, *, progress: float | None = None, force: bool = False) -> bool:
+    def save(self, state: Any, progress: float | None = None, force: bool = False) -> bool:
         return False
 
     @property

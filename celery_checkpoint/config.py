@@ -1,7 +1,10 @@
 """Settings, read from ``app.conf`` under the ``checkpoint_`` prefix.
 
 Each value may be overridden per task by a task option of the same name
-(``@app.task(base=CheckpointTask, checkpoint_throttle=1.0)``).
+(``@app.task(base=CheckpointTask, checkpoint_throttle=1.0)``), except the
+worker's own: ``lease_ttl``, ``sweep_interval`` and ``resume_on_start`` (and
+``requeue_after``, but for the first re-send of a lost retry) are read from
+``app.conf`` alone.
 """
 
 from __future__ import annotations

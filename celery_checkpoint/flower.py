@@ -88,6 +88,7 @@ def format_task(task: Any) -> Any:
 
     * a running task's state ``CHECKPOINT`` becomes ``CHECKPOINT 42%``, and
       ``CHECKPOINT 42% · resumed 1x`` once the task was resumed;
+    * a revoked one's becomes ``REVOKED`` (see :func:`_state_label`);
     * ``checkpoint_progress`` becomes a percentage;
     * ``checkpoint_saved_at`` becomes a time like Flower's own.
 
@@ -98,10 +99,7 @@ def format_task(task: Any) -> Any:
     saved_at = getattr(task, "checkpoint_saved_at", None)
     percent = _percent(progress)
     if getattr(task, "state", None) == CHECKPOINT_STATE:
-        label = CHECKPOINT_STATE if percent is None else f"{CHECKPOINT_STATE} {percent}"
-        if isinstance(resumes, int) and resumes > 0:
-            label += f" · resumed {resumes}x"
-        task.state = label
+        task.state = _state_label(task, percent, resumes)
     if percent is not None:
         task.checkpoint_progress = percent
     if isinstance(saved_at, (int, float)):
@@ -178,6 +176,22 @@ def _inside_flower() -> bool:
             return True
         ctx = ctx.parent
     return False
+
+
+def _state_label(task: Any, percent: str | None, resumes: object) -> str:
+    """What the page and the list show for a task in the ``CHECKPOINT`` state.
+
+    Celery's event state ranks any custom state above ``REVOKED``, so a task
+    revoked after its first checkpoint (``revoke(terminate=True)``, the way
+    docs/flower.md says to stop one) keeps ``CHECKPOINT`` and would be shown
+    running forever. Its ``revoked`` time is set all the same: that wins.
+    """
+    if getattr(task, "revoked", None) is not None:
+        return "REVOKED"
+    label = CHECKPOINT_STATE if percent is None else f"{CHECKPOINT_STATE} {percent}"
+    if isinstance(resumes, int) and resumes > 0:
+        label += f" · resumed {resumes}x"
+    return label
 
 
 def _percent(progress: object) -> str | None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
@@ -222,6 +226,20 @@ def test_format_task_labels_a_resumed_task(task_class: type[Any]) -> None:
     assert cf.format_task(copy.copy(task)).state == "CHECKPOINT 100% · resumed 2x"
 
 
+def test_format_task_shows_a_revoked_task_as_revoked(task_class: type[Any]) -> None:
+    """Celery ranks a custom state above REVOKED: after ``revoke(terminate=True)`` the event
+    state keeps ``CHECKPOINT``, and the page and list would show a dead task as running."""
+    cf.install()
+    task = received_then_checkpoint()
+    task.event("revoked", 1_700_000_002.0, 1_700_000_002.0, {"terminated": True, "signum": 15})
+    assert task.state == "CHECKPOINT" and task.revoked == 1_700_000_002.0  # Celery's own ranking
+
+    shown = cf.format_task(copy.copy(task))
+
+    assert shown.state == "REVOKED"
+    assert shown.checkpoint_progress == "45%"  # where it stopped
+
+
 def test_format_task_leaves_other_tasks_alone(task_class: type[Any]) -> None:
     cf.install()
     task = task_class(uuid="plain", name="app.add", state="SUCCESS")
@@ -229,3 +247,22 @@ def test_format_task_leaves_other_tasks_alone(task_class: type[Any]) -> None:
     shown = cf.format_task(copy.copy(task))
 
     assert shown.as_dict() == task.as_dict()
+
+
+def test_the_example_apps_flower_loads_the_integration(tmp_path: Path) -> None:
+    """docker-compose.yml runs Flower as ``celery -A example_app.tasks flower``, with no
+    flowerconfig.py: the app module must install the integration, or that Flower shows a
+    bare ``CHECKPOINT`` state and none of the checkpoint fields."""
+    probe = (
+        "import example_app.tasks\n"
+        "from celery.events.state import Task\n"
+        f"print(all(name in Task._fields for name in {cf.CHECKPOINT_FIELDS!r}))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "DEMO_DATA_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    env.pop("REDIS_URL", None)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

@@ -115,6 +115,19 @@ def test_calling_the_task_directly_gets_a_no_op_checkpointer() -> None:
     assert work(1) is False
 
 
+def test_the_no_op_checkpointer_takes_the_same_calls_as_the_real_one() -> None:
+    """A body written against the README's API runs unchanged with checkpoints off or called directly."""
+    app = make_app()
+
+    @app.task(base=CheckpointTask, name=f"work-{uuid.uuid4().hex}")
+    def work(checkpoint: Any) -> tuple[Any, ...]:
+        persisted = checkpoint.save({"i": 1}, 0.5, True)  # progress and force, positionally
+        return persisted, checkpoint.saves, checkpoint.progress, checkpoint.saved_at, checkpoint.should_stop
+
+    assert tuple(work.delay().get()) == (False, 0, None, None, False)
+    assert work() == (False, 0, None, None, False)
+
+
 def test_settings_can_be_overridden_per_task() -> None:
     app = make_app(checkpoint_store_url="memory://x", checkpoint_throttle=5.0)
 
