@@ -9,6 +9,7 @@ worker's own: ``lease_ttl``, ``sweep_interval`` and ``resume_on_start`` (and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -87,6 +88,9 @@ class CheckpointConfig:
             value = getattr(self, field.name)
             if field.name in _NUMBERS and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"checkpoint_{field.name} must be a number, not {value!r}")
+            if field.name in _NUMBERS and math.isnan(value):
+                # NaN compares false with everything: a throttle of NaN persisted every call.
+                raise ValueError(f"checkpoint_{field.name} must be a number, not NaN")
         if not _installed(self.serializer):
             raise ValueError(
                 f"checkpoint_serializer {self.serializer!r} is not installed in kombu in this process: "
@@ -97,6 +101,8 @@ class CheckpointConfig:
             raise ValueError(
                 f"checkpoint_on_store_error must be 'retry', 'raise' or 'warn', not {self.on_store_error!r}"
             )
+        if self.max_state_bytes < 1:
+            raise ValueError("checkpoint_max_state_bytes must be >= 1: every save would be too large")
         if self.lease_ttl <= 0:
             raise ValueError("checkpoint_lease_ttl must be > 0")
         if self.sweep_interval <= 0:

@@ -157,6 +157,8 @@ def test_a_bad_setting_is_a_clear_error() -> None:
         ("checkpoint_lease_ttl", "30", "checkpoint_lease_ttl must be a number, not '30'"),
         ("checkpoint_throttle", True, "checkpoint_throttle must be a number"),
         ("checkpoint_done_ttl", 0, "checkpoint_done_ttl must be at least 0.001"),
+        ("checkpoint_throttle", float("nan"), "checkpoint_throttle must be a number, not NaN"),
+        ("checkpoint_max_state_bytes", 0, "checkpoint_max_state_bytes must be >= 1"),
     ],
 )
 def test_a_setting_of_the_wrong_kind_is_a_clear_error(setting: str, value: Any, message: str) -> None:
