@@ -43,15 +43,19 @@ def redis_admin(private_redis: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
+def store_of_kind(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
+    """An empty store: ``memory``, ``sqlite`` (a file in ``tmp_path``) or ``redis`` (the private server)."""
+    if kind == "memory":
+        return create_store(f"memory://{uuid.uuid4().hex}")
+    if kind == "sqlite":
+        return create_store(f"sqlite:///{tmp_path}/checkpoints.db")
+    server: RedisServer = request.getfixturevalue("private_redis")
+    return create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
+
+
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
     """An empty store of each kind: what every store must do alike (memory, SQLite, Redis)."""
-    if request.param == "memory":
-        s = create_store(f"memory://{uuid.uuid4().hex}")
-    elif request.param == "sqlite":
-        s = create_store(f"sqlite:///{tmp_path}/checkpoints.db")
-    else:
-        server: RedisServer = request.getfixturevalue("private_redis")
-        s = create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
+    s = store_of_kind(request.param, request, tmp_path)
     yield s
     s.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import importlib.util
 import json
 import os
 import threading
@@ -28,7 +29,8 @@ from celery_checkpoint.checkpointer import Checkpointer
 from celery_checkpoint.ownership import Handover
 from celery_checkpoint.record import accepted_content_types, worker_id
 from celery_checkpoint.stores import CheckpointStore, create_store
-from tests.harness import RedisServer, free_port
+from tests.conftest import store_of_kind
+from tests.harness import RedisServer, free_port, require
 
 OWNER = worker_id("w1@host", "aaaa")
 
@@ -566,7 +568,7 @@ def test_a_cpu_bound_loop_under_gevent_still_saves_every_window() -> None:
     import subprocess
     import sys
 
-    pytest.importorskip("gevent")
+    require(importlib.util.find_spec("gevent") is not None, "gevent is not installed (the dev extra)")
     root = str(Path(__file__).resolve().parents[2])
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([root, *sys.path[1:]])}
     out = subprocess.run(
@@ -600,11 +602,7 @@ def test_green_threads_are_seen_and_the_alarm_arms_nothing(
 @pytest.fixture(params=["sqlite", "redis"])
 def file_or_redis_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointStore]:
     """A store whose columns or fields do not check what they are given (SQLite, Redis)."""
-    if request.param == "sqlite":
-        s = create_store(f"sqlite:///{tmp_path}/checkpoints.db")
-    else:
-        server: RedisServer = request.getfixturevalue("private_redis")
-        s = create_store(f"{server.url}/3", prefix=f"t{uuid.uuid4().hex[:8]}:")
+    s = store_of_kind(request.param, request, tmp_path)
     yield s
     s.close()
 
