@@ -368,13 +368,7 @@ class RedisStore:
         ]
 
     def discard(self, task_id: str, fence: int, owner: str) -> bool:
-        keys = [
-            self.record_key(task_id),
-            self.owned_key(owner),
-            self.released_key,
-            self.save_key(task_id, fence),
-            self.call_key(task_id),
-        ]
+        keys = self._finish_keys(task_id, fence, owner)
         return bool(self._call("delete", task_id, lambda: self._discard(keys=keys, args=[task_id, fence])))
 
     def park(

@@ -130,17 +130,15 @@ redis.call('SREM', KEYS[4], ARGV[1])
 return 1
 """
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] released set,
-# KEYS[4] save at the fence, KEYS[5] call
-# ARGV[1] task id, ARGV[2] fence
-# -> 1 when deleted, 0 when fenced out
-# FINISH without the done marker (``self.replace()``: the replacement runs
+# FINISH's keys and its first two arguments; KEYS[3], the done marker, is left
+# alone: FINISH without the marker (``self.replace()``: the replacement runs
 # under the same task id and must not be dropped as a late delivery).
+# -> 1 when deleted, 0 when fenced out
 DISCARD = """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
 redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
 return 1
 """
 
