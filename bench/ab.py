@@ -13,7 +13,8 @@ and 5), and three that take the checkpointed worker apart:
 ``plain-in-ckpt`` (the plain task in the checkpointed worker: the package
 imported, its signal handlers and steward running) and
 ``plain-in-ckpt-nostore`` (the same with no store configured: no steward).
-And one reference for figure 5, ``plain-set-delete``: the plain task doing
+``plain-again`` is the plain task once more, for an A/A run that shows how far
+two identical variants land apart. And one reference for figure 5, ``plain-set-delete``: the plain task doing
 by hand what that figure's task asks of its checkpointer, a redis-py ``SET``
 of its state and then a ``DEL``; ``plain-set-delete-late`` adds ``acks_late``.
 
@@ -38,12 +39,13 @@ from .apps import PLAIN_NOOP, PLAIN_NOOP_LATE, PLAIN_SET_DELETE
 from .common import Context
 from .redis_server import PrivateRedis
 from .report import median
-from .throughput import FLOOR, NOOP, PLAIN, SAVE, Runner, Variant
+from .throughput import FLOOR, NOOP, PLAIN, PLAIN_AGAIN, SAVE, Runner, Variant
 
 VARIANTS = {
     v.name: v
     for v in (
         PLAIN,
+        PLAIN_AGAIN,
         NOOP,
         SAVE,
         Variant("plain-late", PLAIN_NOOP_LATE, checkpoint=False),

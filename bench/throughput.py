@@ -61,6 +61,11 @@ SAVE = Variant("checkpoint-save", CHECKPOINT_SAVE, checkpoint=True)
 #: checkpoint takes in Redis, a redis-py SET of its state and a DEL at the end,
 #: with the delivery options CheckpointTask turns on.
 FLOOR = Variant("plain-set-delete-late", PLAIN_SET_DELETE_LATE, checkpoint=False)
+#: The plain task again, not a figure: the same worker run twice per round, so
+#: the table says how far two identical variants land apart in this run. On a
+#: VM whose speed wanders from run to run, a ratio closer to 1 than that says
+#: nothing either way.
+PLAIN_AGAIN = Variant("plain-again", PLAIN_NOOP, checkpoint=False)
 
 #: Plain tasks that write to Redis by hand: their worker gets the store's URL.
 _STORING = (PLAIN_SET_DELETE, PLAIN_SET_DELETE_LATE)
@@ -380,18 +385,16 @@ def throughput(ctx: Context) -> list[Figure]:
     # 10,000 tasks (~10 s) per run: with 3,000 the runs of one variant spread
     # over +-20 % (the machine drifts between faster and slower spells of a few
     # seconds); longer runs average those spells out.
-    # 12 rounds: each variant runs first, second and third in 4 of them. With
-    # 7, single runs spread +-10 % and one full run's ratio landed anywhere
-    # between 0.96x and 1.05x for a variant whose CPU per task is the plain
-    # task's +0.6 %.
+    # 15 rounds: each of the five variants runs at each place in a round
+    # three times. With 7, single runs spread +-10 % and one full run's ratio
+    # landed anywhere between 0.96x and 1.05x for a variant whose CPU per
+    # task is the plain task's +0.6 %.
     n = 200 if ctx.quick else 10_000
-    repeats = 1 if ctx.quick else 12
+    variants = (PLAIN, NOOP, SAVE, FLOOR, PLAIN_AGAIN)
+    repeats = 1 if ctx.quick else 3 * len(variants)
     runner = Runner(ctx, n)
     try:
-        samples = alternate(
-            {v.name: (lambda v=v: runner.once(v)) for v in (PLAIN, NOOP, SAVE, FLOOR)},
-            repeats,
-        )
+        samples = alternate({v.name: (lambda v=v: runner.once(v)) for v in variants}, repeats)
     finally:
         runner.client.close()
         ctx.forget_keys(f"{runner.keyprefix}*")
@@ -419,7 +422,10 @@ def throughput(ctx: Context) -> list[Figure]:
     def info_for(variant: Variant) -> str:
         return (
             f"{n} tasks per run, {repeats} runs per variant{stalled}; median of the per-round "
-            f"ratios (each round runs all four back to back): {per_round(variant):.3f}x; CPU per task in us "
+            f"ratios (each round runs all {len(variants)} back to back): {per_round(variant):.3f}x; "
+            f"the plain task against itself in the same rounds (this run's noise): "
+            f"{median(samples[PLAIN_AGAIN.name]) / median(plain):.3f}x "
+            f"(per round {per_round(PLAIN_AGAIN):.3f}x); CPU per task in us "
             f"(worker main process / pool processes / redis-server, medians): "
             f"{cpu_of(variant)} vs plain {cpu_of(PLAIN)}; main process runnable but without a CPU: "
             f"{waiting_of(variant)} vs plain {waiting_of(PLAIN)} us per task"
