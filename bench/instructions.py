@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -33,7 +32,7 @@ from .ab import parse_variant
 from .apps import make_app
 from .common import ROOT
 from .redis_server import PrivateRedis
-from .throughput import _STORING, Variant
+from .throughput import _STORING, Variant, worker_command
 
 WARM_UP = 300
 
@@ -77,30 +76,8 @@ def count(variant: Variant, url: str, tasks: int, workdir: Path) -> int:
     )
     out = workdir / f"callgrind.out.{tag}"
     log = workdir / f"{variant.name}.log"
-    cmd = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}.%p",
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "bench.worker_app",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "-Q",
-        queue,
-        "-n",
-        f"ins-{tag}@%h",
-        "--loglevel",
-        "WARNING",
-        "--without-mingle",
-        "--without-gossip",
-        "--without-heartbeat",
-    ]
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
+    cmd = [*valgrind, *worker_command(f"ins-{tag}", queue)]
     with open(log, "wb") as handle:
         proc = subprocess.Popen(
             cmd, env=env, cwd=root, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True

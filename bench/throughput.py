@@ -80,33 +80,38 @@ class RunStalled(RuntimeError):
     """A worker run that stopped draining its queue (the message has its stacks)."""
 
 
+def worker_command(name: str, queue: str) -> list[str]:
+    """The ``celery worker`` command line figures 4 and 5 run (``bench.instructions`` too)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.worker_app",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "-Q",
+        queue,
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "WARNING",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+    ]
+
+
 class WorkerProcess:
     """A ``celery worker`` of this run, stopped by its pid."""
 
     def __init__(self, env: dict[str, str], name: str, queue: str, log: Path, root: Path = ROOT) -> None:
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.worker_app",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-Q",
-            queue,
-            "-n",
-            f"{name}@%h",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ]
+        cmd = worker_command(name, queue)
         with open(log, "ab") as handle:
             self.proc = subprocess.Popen(
                 cmd, env=env, cwd=root, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
