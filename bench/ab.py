@@ -13,10 +13,11 @@ and 5), and three that take the checkpointed worker apart:
 ``plain-in-ckpt`` (the plain task in the checkpointed worker: the package
 imported, its signal handlers and steward running) and
 ``plain-in-ckpt-nostore`` (the same with no store configured: no steward).
-``plain-again`` is the plain task once more, for an A/A run that shows how far
-two identical variants land apart. And one reference for figure 5, ``plain-set-delete``: the plain task doing
-by hand what that figure's task asks of its checkpointer, a redis-py ``SET``
-of its state and then a ``DEL``; ``plain-set-delete-late`` adds ``acks_late``.
+``plain-again`` is the plain task once more, for an A/A run that shows how
+far two identical variants land apart. And one reference for figure 5,
+``plain-set-delete``: the plain task doing by hand what that figure's task
+asks of its checkpointer, a redis-py ``SET`` of its state and then a
+``DEL``; ``plain-set-delete-late`` adds ``acks_late``.
 
 ``VARIANT@CHECKOUT`` runs a variant's worker on another checkout's code (its
 ``celery_checkpoint`` and ``bench``; ``git worktree add /tmp/old <commit>``),

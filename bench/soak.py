@@ -17,7 +17,9 @@ tracer, same process, no checkpoint, a cost that cannot grow) take turns
 with slices of ours, and each block's figure is ours over the plain task's
 in that block, scaled by the plain task's median over the run. A cost of
 ours that grows still shows in full; the machine's drift, which slows both
-alike, does not.
+alike, does not. Nor would a leak that slows every task of the process
+alike (a heap the cyclic GC walks on every collection): the peak RSS growth
+printed beside the figure is there for that.
 """
 
 from __future__ import annotations
