@@ -26,19 +26,22 @@ import time
 import uuid
 from pathlib import Path
 
-import redis
-
-from .ab import parse_variant
+from .ab import VariantRunner, parse_variant
 from .apps import make_app
-from .common import ROOT
+from .common import ROOT, Context
 from .redis_server import PrivateRedis
-from .throughput import _STORING, Variant, worker_command
+from .throughput import Variant, worker_command
 
 WARM_UP = 300
 
 
-def count(variant: Variant, url: str, tasks: int, workdir: Path) -> int:
-    """Instructions the variant's worker main process executed per task."""
+def count(variant: Variant, runner: VariantRunner, tasks: int, workdir: Path) -> int:
+    """Instructions the variant's worker main process executed per task.
+
+    The worker gets the environment ``bench.ab`` gives the same variant
+    (``runner.env``), with a fixed hash seed.
+    """
+    url, client = runner.ctx.redis_url, runner.client
     tag = uuid.uuid4().hex[:8]
     keyprefix, queue, store_prefix = f"ins{tag}:", f"ins-{tag}", f"ins{tag}:store:"
     app = make_app(
@@ -50,8 +53,17 @@ def count(variant: Variant, url: str, tasks: int, workdir: Path) -> int:
         store_prefix=store_prefix,
     )
     task = app.tasks[variant.task]
-    client = redis.Redis.from_url(url)
     qkey, ukey = keyprefix + queue, keyprefix + "unacked"
+    root = variant.root or ROOT
+    env = runner.env(variant, keyprefix, queue, store_prefix) | {"PYTHONHASHSEED": "0"}
+    out = workdir / f"callgrind.out.{tag}"
+    log = workdir / f"{variant.name}.log"
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
+    cmd = [*valgrind, *worker_command(f"ins-{tag}", queue)]
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=root, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def run(n: int) -> None:
         with app.producer_or_acquire() as producer:
@@ -62,26 +74,6 @@ def count(variant: Variant, url: str, tasks: int, workdir: Path) -> int:
                 raise RuntimeError(f"{variant.name}: the worker exited; its log is in {log}")
             time.sleep(0.2)
 
-    root = variant.root or ROOT
-    env = dict(
-        os.environ,
-        BENCH_BROKER_URL=url,
-        BENCH_KEYPREFIX=keyprefix,
-        BENCH_QUEUE=queue,
-        BENCH_CHECKPOINT="1" if variant.checkpoint else "0",
-        BENCH_STORE_URL=url if variant.checkpoint or variant.task in _STORING else "",
-        BENCH_STORE_PREFIX=store_prefix,
-        PYTHONPATH=str(root),
-        PYTHONHASHSEED="0",
-    )
-    out = workdir / f"callgrind.out.{tag}"
-    log = workdir / f"{variant.name}.log"
-    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
-    cmd = [*valgrind, *worker_command(f"ins-{tag}", queue)]
-    with open(log, "wb") as handle:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=root, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-        )
     try:
         run(WARM_UP)
         time.sleep(1.0)
@@ -101,7 +93,6 @@ def count(variant: Variant, url: str, tasks: int, workdir: Path) -> int:
         proc.wait()
         for key in client.scan_iter(match=f"ins{tag}*"):
             client.delete(key)
-        client.close()
         app.close()
 
 
@@ -115,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="celery-checkpoint-instructions-"))
     try:
         with PrivateRedis() as server:
-            counts = [(v, count(v, f"{server.url}/0", args.tasks, workdir)) for v in args.variants]
+            ctx = Context(redis_url=f"{server.url}/0", quick=False, namespace="ins", workdir=workdir)
+            runner = VariantRunner(ctx, args.tasks)
+            try:
+                counts = [(v, count(v, runner, args.tasks, workdir)) for v in args.variants]
+            finally:
+                runner.client.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     first = counts[0][1]
