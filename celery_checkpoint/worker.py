@@ -288,7 +288,14 @@ def _start_lease(sender: Any = None, **_: Any) -> None:
     if not identity.worker_id:
         start_worker_identity(worker.hostname)
     identity.task_events = bool(getattr(worker, "task_events", False))
-    config = CheckpointConfig.from_sources(worker.app.conf)
+    try:
+        config = CheckpointConfig.from_sources(worker.app.conf)
+    except ValueError as exc:
+        # Celery logs and swallows an Exception raised by a signal handler, before
+        # its logging is set up: the worker would start and run every task without
+        # checkpoints, saying nothing. SystemExit is not swallowed; the worker does
+        # not start, as with Celery's own ImproperlyConfigured.
+        raise SystemExit(f"celery-checkpoint: {exc}; the worker does not start") from exc
     inventory = task_stores(worker.app, config)
     for name, why in inventory.invalid.items():
         logger.error("task %s: its checkpoint settings are not valid: %s", name, why)

@@ -290,3 +290,16 @@ def test_bad_entries_are_reported_once_and_left_in_place(tmp_path) -> None:
         assert raw.get("checkpoint:junk") == b"not ours"
         assert raw.type("checkpoint:task:wrongtype") == b"string"
         assert not w.exited()
+
+
+def test_an_invalid_app_setting_stops_the_worker_at_boot_and_names_it(tmp_path) -> None:
+    # Celery swallows an exception raised by a worker_init handler: the worker
+    # used to start anyway and run every task without checkpoints, silently.
+    with cluster(tmp_path, on_store_error="later") as c:
+        w = c.worker("w1")
+        wait_for(w.exited, 30, "the worker to refuse to start")
+        assert w.proc is not None and w.proc.returncode == 1
+        log = w.output()
+        assert "checkpoint_on_store_error must be 'retry', 'raise' or 'warn', not 'later'" in log
+        assert "the worker does not start" in log
+        assert "ready." not in log
