@@ -72,6 +72,10 @@ class _Ready:
     def task_id(self) -> str:
         return self.candidate.task_id
 
+    @property
+    def max_resumes(self) -> int:
+        return int(self.task.checkpoint_config.max_resumes)
+
 
 @dataclass
 class ScanReport:
@@ -125,6 +129,7 @@ class Resumer:
                 report.outcomes.update((candidate.task_id, Outcome.FAILED) for candidate in batch)
                 continue
             ready: list[_Ready] = []
+            missing: list[Candidate] = []
             for candidate, record in zip(batch, records, strict=True):
                 try:
                     checked = self._check(candidate, revoked, record)
@@ -135,6 +140,9 @@ class Resumer:
                     ready.append(checked)
                 else:
                     report.outcomes[candidate.task_id] = checked
+                    if record is None and checked is Outcome.GONE:
+                        missing.append(candidate)
+            self._drop_index_entries(missing)
             try:
                 self._claim_and_send(ready, report)
             except CheckpointStoreError as exc:
@@ -214,8 +222,10 @@ class Resumer:
         ready = self._drop_finished(ready, report)
         if not ready:
             return
+        # Claimed at the fence read: what is sent is the recorded call of the
+        # record claimed, not of one a run has replaced since (a retry's call).
         claims = self.store.claim_many(
-            [ClaimRequest(i.task_id, i.candidate.owner, i.task.checkpoint_config.max_resumes) for i in ready],
+            [ClaimRequest(i.task_id, i.candidate.owner, i.max_resumes, i.record.fence) for i in ready],
             self.claimer,
             self.released_grace,
             self.queued_grace,
@@ -234,6 +244,25 @@ class Resumer:
         for item, claimed in sent:
             self._log_resumed(item, claimed)
             report.outcomes[item.task_id] = Outcome.RESUMED
+
+    def _drop_index_entries(self, missing: list[Candidate]) -> None:
+        """Forget candidates whose record is gone but still listed by the store's index.
+
+        A record deleted outside the store (by hand, or evicted by a Redis
+        ``maxmemory`` policy) leaves its id in the index the scan lists
+        (Redis: its owner's set, the released set, the waiting index), and
+        every scan would read it again; a dead owner with such an entry is
+        never forgotten. The claim of a missing record drops those entries.
+        It is made at fence 0, which no record has: a record created under
+        that id since the read is left exactly as it is.
+        """
+        if not missing:
+            return
+        requests = [ClaimRequest(c.task_id, c.owner, 0, expected_fence=0) for c in missing]
+        try:
+            self.store.claim_many(requests, self.claimer)
+        except CheckpointStoreError as exc:  # listed again by the next scan, which tries again
+            logger.debug("index entries of %d deleted checkpoints not dropped: %s", len(missing), exc)
 
     def _drop_finished(self, ready: list[_Ready], report: ScanReport) -> list[_Ready]:
         """``ready`` minus the tasks whose result backend already holds their final result.

@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 import pytest
+import redis
 from celery.bin.celery import celery as celery_command
 from click.testing import CliRunner, Result
 
@@ -29,6 +30,7 @@ from celery_checkpoint import CheckpointTask
 from celery_checkpoint.record import EncodedState, NewCheckpoint, Status, encode, worker_id
 from celery_checkpoint.resume import Outcome, Resumer
 from celery_checkpoint.stores import CheckpointStore, create_store
+from celery_checkpoint.stores.redis import RedisStore
 from tests.apps import cliapp
 from tests.harness import ROOT, RedisServer, free_port
 
@@ -312,6 +314,62 @@ def test_a_scan_resumes_when_the_result_backend_cannot_answer(
     assert set(published()) == task_ids
     assert "could not say whether 2 interrupted tasks already finished" in caplog.text
     assert "Connection refused" in caplog.text
+
+
+def test_a_scan_sends_the_call_of_the_record_it_claims_not_one_replaced_since(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the scan's read and its claim, the run retries with new arguments.
+
+    Its owner's lease had lapsed, but its pool process was alive: the record
+    is now ``waiting`` with the retry's call, due at once. The claim is made
+    at the fence read, so the scan sends nothing this time rather than the
+    call it read; the next scan sends the retry's.
+    """
+    task_id, fence = put(store, {"i": 4}, args=(10,))
+    retry = {"args": [11], "kwargs": {}, "options": {"task_id": task_id}}
+    retry_call = encode(retry, "json", what="call", task_id=task_id, limit=1 << 20)
+    read = store.get_many
+    retried: list[str] = []
+
+    def read_then_retry(task_ids: Any) -> Any:
+        records = read(task_ids)
+        if not retried:
+            retried.append(task_id)
+            assert store.park(task_id, fence, DEAD, Status.WAITING, resend_after=0.0, call=retry_call)
+        return records
+
+    monkeypatch.setattr(store, "get_many", read_then_retry)
+    resumer = Resumer(cliapp.app, store, LIVE, queued_grace=60.0)
+    assert resumer.scan().outcomes == {task_id: Outcome.GONE}
+    assert published() == {}, "the call read before the retry is not sent"
+    assert resumer.scan().outcomes == {task_id: Outcome.RESUMED}
+    assert [message.payload[0] for message in published().values()] == [[11]]
+
+
+def test_a_scan_forgets_index_entries_of_checkpoints_deleted_by_hand(
+    redis_store: RedisStore, redis_admin: redis.Redis
+) -> None:
+    """Records deleted outside the store (``redis-cli DEL``, a ``maxmemory`` eviction).
+
+    Their ids stayed in the index the scan lists, read again by every scan,
+    and kept their dead owner listed for good.
+    """
+    redis_store.register(LIVE, 60)
+    running, _ = put(redis_store, {"i": 1})  # its owner (DEAD) holds no lease: interrupted
+    released = parked(redis_store, Status.RELEASED)
+    alive, _ = put(redis_store, {"i": 2}, owner=LIVE)
+    for task_id in (running, released):
+        assert redis_admin.delete(redis_store.record_key(task_id), redis_store.call_key(task_id)) == 2
+    assert sorted(c.task_id for c in redis_store.interrupted()) == sorted([running, released])
+
+    resumer = Resumer(cliapp.app, redis_store, LIVE)
+    assert resumer.scan().outcomes == {running: Outcome.GONE, released: Outcome.GONE}
+    assert published() == {}
+    assert redis_store.interrupted() == [], "listed no more"
+    assert resumer.scan().outcomes == {}
+    assert DEAD.encode() not in redis_admin.smembers(redis_store.owners_key), "the dead owner is forgotten"
+    assert redis_store.get(alive) is not None, "a live run's checkpoint is left alone"
 
 
 def test_show_counts_the_resends_no_run_has_answered(store: CheckpointStore) -> None:
