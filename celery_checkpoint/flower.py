@@ -56,9 +56,12 @@ _lock = threading.Lock()
 def install(*, formatter: bool = True) -> bool:
     """Make Flower show the checkpoint fields of its tasks; safe to call again.
 
-    Returns ``True`` when the fields are shown. With an unsupported Flower or
-    an event-state ``Task`` class of another shape, it logs a warning and
-    changes nothing: Flower then shows the ``CHECKPOINT`` state only.
+    Returns ``True`` when Celery's event state (``celery.events.state.Task``)
+    now carries the fields, which is what Flower reads; also without Flower
+    in this process, where a monitor built on Celery's event state gets them.
+    With an unsupported Flower or an event-state ``Task`` class of another
+    shape, it logs a warning, changes nothing and returns ``False``: Flower
+    then shows the ``CHECKPOINT`` state only.
 
     ``formatter``: inside Flower, also set Flower's ``format_task`` option to
     :func:`format_task`, unless another formatter is configured already.
