@@ -5,7 +5,7 @@ started for the run and stopped by its pid at the end. With ``--redis-url``
 every key the run writes is under a unique prefix (``bench-<id>:``) and is
 deleted at the end; nothing else in that database is read or changed.
 
-    python -m bench                      # the full suite (a few minutes)
+    python -m bench                      # the full suite (~25 minutes on 2 cores)
     python -m bench --quick              # smoke run: tiny sizes, numbers mean nothing
     python -m bench --only micro,redis   # some groups only
     python -m bench --markdown           # also print the table as markdown
