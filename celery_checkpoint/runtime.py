@@ -83,6 +83,11 @@ class RunsInProcess:
                 del self._runs[task_id]
             self._handles.discard(handle)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a shutdown has asked this process's runs to stop."""
+        return self._stopping
+
     def count(self, task_id: str) -> int:
         with self._lock:
             return self._runs[task_id]

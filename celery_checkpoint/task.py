@@ -31,7 +31,7 @@ from .errors import CheckpointError, CheckpointHandoff, CheckpointStoreError, Du
 from .events import persist_hook
 from .ownership import Handover
 from .record import accepted_content_types, warn_if_unsafe
-from .runtime import current_worker_id
+from .runtime import current_worker_id, runs_in_process
 from .settle import settle_in_background
 from .stores import CheckpointStore, open_store
 
@@ -54,7 +54,18 @@ class CheckpointRequest(Request):  # type: ignore[misc]
     its message (``acks_late`` without ``acks_on_timeout``). A run whose
     message is not requeued failed for good: the checkpoint is deleted. A
     lost duplicate leaves alone the checkpoint of the live run that holds it.
+
+    A run accepted after the worker began to shut down is asked to hand off
+    as soon as its acceptance arrives: the shutdown's own request reached
+    only the runs whose pool child the main process knew by then.
     """
+
+    def on_accepted(self, pid: int, time_accepted: float) -> None:
+        super().on_accepted(pid, time_accepted)
+        if runs_in_process.stopping:
+            from .worker import ask_pool_child_to_hand_off  # the worker module imports this one
+
+            ask_pool_child_to_hand_off(pid)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
         from .worker import on_run_lost  # the worker module imports this one

@@ -370,14 +370,29 @@ def _on_handoff_signal(signum: int, frame: Any) -> None:
 
 
 def _hand_off_running_tasks(sig: str | None = None, how: str | None = None, **_: Any) -> None:
-    """Runs in the main process's signal handler: set flags and send signals only."""
+    """Runs in the main process's signal handler: set flags and send signals only.
+
+    Reaches the runs whose acceptance this process has already handled; a
+    run accepted later is asked by :func:`ask_pool_child_to_hand_off` from
+    ``CheckpointRequest.on_accepted``.
+    """
     runs_in_process.request_stop()
-    me = os.getpid()
     for request in list(worker_state.active_requests):
-        pid = getattr(request, "worker_pid", None)
-        if pid and pid != me and _is_checkpoint_task(getattr(request, "task", None)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, HANDOFF_SIGNAL)
+        if _is_checkpoint_task(getattr(request, "task", None)):
+            ask_pool_child_to_hand_off(getattr(request, "worker_pid", None))
+
+
+def ask_pool_child_to_hand_off(pid: int | None) -> None:
+    """Signal the pool child ``pid`` to stop its run at its next save and hand it off.
+
+    Nothing for a run of this process (solo and threads pools): those are
+    asked directly, by ``runs_in_process``. Only ever sent to a child that has
+    accepted a task, so one past ``worker_process_init``, whose handler is
+    installed (the default action of ``SIGUSR2`` would kill it).
+    """
+    if pid and pid != os.getpid():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, HANDOFF_SIGNAL)
 
 
 def on_run_lost(task: Any, request: Any, exc: BaseException) -> None:

@@ -57,6 +57,26 @@ def note(task_id: str, event: str, **data: object) -> None:
         fh.write(json.dumps({"event": event, "pid": os.getpid(), **data}) + "\n")
 
 
+#: Seconds the worker's main process takes to handle a pool child's acceptance
+#: of a task, as a main process busy with other work would: widens the window
+#: in which a run has started in its child but the main process does not know
+#: which child runs it (``Request.worker_pid`` is unset).
+SLOW_ACCEPT = float(os.environ.get("CC_SLOW_ACCEPT", "0"))
+
+if SLOW_ACCEPT:
+    from celery.worker.request import Request
+
+    _on_accepted = Request.on_accepted
+
+    def _slow_on_accepted(self, pid, time_accepted):
+        note(self.id, "accepting", pid=pid)
+        time.sleep(SLOW_ACCEPT)  # a shutdown signal that arrives now runs its handler, then sleeps on
+        _on_accepted(self, pid, time_accepted)
+        note(self.id, "accepted", pid=pid)
+
+    Request.on_accepted = _slow_on_accepted
+
+
 # Room for a countdown retry on top of the store-error retries of an outage.
 @app.task(base=CheckpointTask, bind=True, max_retries=10)
 def count_to(self, n, step_seconds=0.05, checkpoint=None, retry_at=0, retry_countdown=0.5):

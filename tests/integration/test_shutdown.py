@@ -44,3 +44,32 @@ def test_sigterm_hands_a_long_task_off_to_another_worker(tmp_path, pool: str) ->
             "the requeued message itself must carry the task on, not a resume scan"
         )
         assert app.app.AsyncResult(result.id).state == "SUCCESS"
+
+
+def test_sigterm_reaches_a_run_whose_acceptance_is_still_pending(tmp_path) -> None:
+    """A run started in its pool child just before the shutdown, not yet known to the main process.
+
+    The shutdown's signal handler sees no pool process for it (the child's
+    acceptance is still queued for the main process), so it cannot be
+    signalled then; it is asked to hand off once the acceptance arrives,
+    instead of keeping a warm shutdown waiting for an hour of work.
+    """
+    with cluster(tmp_path, throttle="0.1", lease_ttl="600", slow_accept="5") as c:
+        app = connect(c)
+        w1 = c.worker("w1", concurrency=1).wait_ready()
+        result = app.delay("count_to", HOUR_OF_STEPS, 0.1)
+        wait_for(lambda: starts(c, result.id), 30, "the run to start in its pool child")
+        marks = {e["event"] for e in events(c, result.id)}
+        assert "accepting" in marks and "accepted" not in marks, "the main process must still be accepting"
+        w1.kill(signal.SIGTERM)
+        wait_for(w1.exited, 30, "w1 to exit after SIGTERM")
+        assert w1.proc is not None and w1.proc.returncode == 0
+        order = [e["event"] for e in events(c, result.id) if e["event"] in ("accepted", "handoff")]
+        assert order == ["accepted", "handoff"], "handed off once the acceptance was handled"
+        record = app.store.get(result.id)
+        assert record is not None and record.status.value in ("released", "queued")
+
+        c.worker("w2", env={"CC_STEP_SCALE": "0.0001", "CC_SLOW_ACCEPT": "0"}).wait_ready()
+        assert result.get(timeout=120) == TOTAL(HOUR_OF_STEPS)
+        runs = starts(c, result.id)
+        assert len(runs) == 2 and runs[1]["i"] > 0, "the second run resumed from the handoff's checkpoint"
