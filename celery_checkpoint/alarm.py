@@ -80,6 +80,8 @@ class Alarm:
         self.wakeups = 0
         #: The heap size at which ended runs are swept out of it (twice the live ones).
         self._sweep_at = _SWEEP_FLOOR
+        #: The window the thread has taken off the heap and is reopening.
+        self._firing: weakref.ref[Reopenable] | None = None
 
     @property
     def pending(self) -> int:
@@ -136,15 +138,21 @@ class Alarm:
                     self._cond.wait(None if deadline == math.inf else min(delay, _LONGEST_WAIT))
                     self.wakeups += 1
                     continue
-                target = heapq.heappop(self._heap)[2]()
+                self._firing = heapq.heappop(self._heap)[2]
+                target = self._firing()
             if target is not None:
                 target.window_over()
+            self._firing = None
 
     def _forget_after_fork(self) -> None:
         # The thread does not survive a fork: the child reopens every window
-        # it held (an early reopening only costs a clock read) and starts
-        # its own thread when it next arms one.
+        # it held (an early reopening only costs a clock read), the one the
+        # thread was reopening included, and starts its own thread when it
+        # next arms one.
         held, self._heap = self._heap, []
+        if self._firing is not None:
+            held.append((0.0, 0, self._firing))
+            self._firing = None
         self._sweep_at = _SWEEP_FLOOR
         self._cond = threading.Condition(threading.Lock())
         self._thread = None

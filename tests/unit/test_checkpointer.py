@@ -24,7 +24,7 @@ from celery_checkpoint import (
     DuplicateRun,
 )
 from celery_checkpoint import checkpointer as checkpointer_module
-from celery_checkpoint.alarm import Alarm
+from celery_checkpoint.alarm import Alarm, alarm
 from celery_checkpoint.checkpointer import Checkpointer
 from celery_checkpoint.ownership import Handover
 from celery_checkpoint.record import accepted_content_types, worker_id
@@ -126,6 +126,33 @@ def test_a_forked_child_reopens_the_windows_the_parent_alarm_held(store: Checkpo
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child's saves stayed throttled"
     cp.close()
+
+
+def test_a_fork_while_the_alarm_reopens_a_window_reopens_it_in_the_child() -> None:
+    """The window the thread has taken off its heap, but not reopened yet, is reopened in the child too."""
+    parent = os.getpid()
+    entered, release = threading.Event(), threading.Event()
+
+    class Window:
+        reopened = False
+
+        def window_over(self) -> None:
+            if os.getpid() == parent:  # the parent's alarm thread: hold it mid-reopening
+                entered.set()
+                release.wait(10)
+            self.reopened = True
+
+    window = Window()
+    assert alarm.at(time.monotonic(), window)
+    assert entered.wait(5), "the alarm thread never reached the window"
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if window.reopened else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's copy of the window stayed closed"
 
 
 def test_short_runs_that_skipped_a_save_leave_the_alarm_nothing_to_do(
