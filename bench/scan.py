@@ -78,6 +78,7 @@ def populate(store: RedisStore, owner: str, count: int, tag: str) -> list[str]:
                 "utf-8",
                 "",
                 now,
+                1,  # the first fence, as in save_key above
             ],
             client=pipe,
         )

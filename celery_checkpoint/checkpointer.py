@@ -30,7 +30,7 @@ from .errors import (
     CorruptCheckpoint,
     DuplicateRun,
 )
-from .ownership import Decision, Handover, decide
+from .ownership import Decision, Handover, decide, first_fence
 from .record import (
     CALL_HINT,
     CheckpointRecord,
@@ -138,6 +138,9 @@ class Checkpointer:
     _fence = 0
     #: The fence a create or takeover that failed without an answer may have given.
     _unconfirmed_fence = 0
+    #: The fence this run creates its checkpoint at: drawn once, so a create
+    #: whose answer was lost is recognised by it when this run tries again.
+    _create_fence = 0
     _latest: EncodedState | None = None
     _stop_requested = False
     _closed = False
@@ -306,10 +309,21 @@ class Checkpointer:
                 limit=self.max_state_bytes,
                 hint=CALL_HINT,
             )
-            self._unconfirmed_fence = 1
+            if not self._create_fence:
+                self._create_fence = first_fence()
+            self._unconfirmed_fence = self._create_fence
             fence = self.store.create(
                 self.task_id,
-                NewCheckpoint(self.task_name, self.owner, self.pid, encoded, envelope, progress, saved_at),
+                NewCheckpoint(
+                    self.task_name,
+                    self.owner,
+                    self.pid,
+                    encoded,
+                    envelope,
+                    progress,
+                    saved_at,
+                    self._create_fence,
+                ),
             )
             self._unconfirmed_fence = 0
             if fence is not None:
@@ -392,7 +406,7 @@ class Checkpointer:
         own = (
             peek.exists
             and peek.status is Status.RUNNING
-            and peek.fence == 1
+            and peek.fence == self._create_fence
             and peek.owner == self.owner
             and peek.pid == self.pid
             and runs_in_process.count(self.task_id) == 1

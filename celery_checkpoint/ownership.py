@@ -12,11 +12,28 @@ from __future__ import annotations
 
 import enum
 import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
 from .record import Status
 from .stores.base import Peek
+
+#: New checkpoints start at a fence drawn below this: exact as a Lua number
+#: (Redis formats numbers with 14 significant digits) with room to count up.
+FIRST_FENCE_LIMIT = 2**40
+
+
+def first_fence() -> int:
+    """A random fence for a new checkpoint, never 0 (which no record has).
+
+    Fences only ever count up from it. Were every record to start at 1, a
+    run whose checkpoint was deleted under it (``celery checkpoint purge``
+    of a live run) would hold the fence of the next checkpoint created for
+    its task id, and its next save would overwrite that checkpoint. From a
+    random start it is fenced out instead (one chance in 2**40 otherwise).
+    """
+    return random.randrange(1, FIRST_FENCE_LIMIT)
 
 
 class Decision(str, enum.Enum):

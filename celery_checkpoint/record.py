@@ -112,6 +112,11 @@ class NewCheckpoint:
     envelope: EncodedState
     progress: float | None
     saved_at: float
+    #: The fence the record starts at. A run picks a random one (see
+    #: :func:`~celery_checkpoint.ownership.first_fence`): a run whose
+    #: checkpoint was deleted under it must not hold the fence of the task
+    #: id's next checkpoint.
+    fence: int = 1
 
 
 @dataclass(frozen=True)

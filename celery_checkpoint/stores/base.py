@@ -118,7 +118,7 @@ class CheckpointStore(Protocol):
         ...
 
     def create(self, task_id: str, new: NewCheckpoint) -> int | None:
-        """Write a first checkpoint; return its fence.
+        """Write a first checkpoint at ``new.fence``; return that fence.
 
         ``None`` when the task id already has a checkpoint or is marked done:
         a run that skipped reading first (a call never seen before) learns

@@ -57,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 T = TypeVar("T")
 
 #: Keys and arguments of the CREATE and FINISH scripts (see :mod:`.redis_lua`).
-CREATE_KEYS, CREATE_ARGS = 6, 12
+CREATE_KEYS, CREATE_ARGS = 6, 13
 FINISH_KEYS, FINISH_ARGS = 6, 3
 
 #: What Redis's glob matching (SCAN MATCH, KEYS) gives a meaning; a backslash escapes any of them.
@@ -228,7 +228,7 @@ class RedisStore:
             frame(self._record_prefix + task_id),
             recurring(self._owned_prefix + new.owner),
             self._owners_frame,
-            frame(f"{self._save_prefix}{task_id}:1"),
+            frame(f"{self._save_prefix}{task_id}:{new.fence}"),
             frame(self._done_prefix + task_id),
             frame(self._call_prefix + task_id),
             frame(task_id),
@@ -245,12 +245,13 @@ class RedisStore:
             # float(): a float subclass may repr as no number (numpy 2: "np.float64(0.5)")
             frame("" if new.progress is None else repr(float(new.progress))),
             frame(repr(new.saved_at)),
+            frame(str(new.fence)),
         )
         try:
             created = self._run_packed(self._create, b"".join(parts))
         except redis.RedisError as exc:
             raise self._failed("save", task_id, exc) from exc
-        return 1 if created else None
+        return new.fence if created else None
 
     def update(
         self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float

@@ -93,19 +93,19 @@ return with_save(KEYS[1], KEYS[7], KEYS[8], {})
 """
 )
 
-# KEYS[1] record, KEYS[2] owner's set, KEYS[3] owners set, KEYS[4] save at fence 1,
+# KEYS[1] record, KEYS[2] owner's set, KEYS[3] owners set, KEYS[4] save at the first fence,
 # KEYS[5] done marker, KEYS[6] call
 # ARGV[1] task id, ARGV[2] owner, ARGV[3] pid, ARGV[4] task name,
 # ARGV[5..7] state/ctype/cenc, ARGV[8..10] envelope/ectype/ecenc,
-# ARGV[11] progress ('' for none), ARGV[12] saved_at
-# -> 1 (fence) when created, 0 when a record already exists or the task id is done
+# ARGV[11] progress ('' for none), ARGV[12] saved_at, ARGV[13] the first fence
+# -> 1 when created, 0 when a record already exists or the task id is done
 # Constants are strings: a Lua number passed to redis.call is formatted with
 # printf on every call (~1.5 us of this script's ~13 us server time).
 CREATE = """
 if redis.call('EXISTS', KEYS[1], KEYS[5]) > 0 then return 0 end
 redis.call('HSET', KEYS[1],
   'name', ARGV[4], 'status', 'running', 'owner', ARGV[2], 'pid', ARGV[3],
-  'fence', '1', 'resumes', '0', 'created_at', ARGV[12], 'ectype', ARGV[9], 'ecenc', ARGV[10])
+  'fence', ARGV[13], 'resumes', '0', 'created_at', ARGV[12], 'ectype', ARGV[9], 'ecenc', ARGV[10])
 redis.call('SET', KEYS[6], ARGV[8])
 redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[4], 'state', ARGV[5], 'ctype', ARGV[6], 'cenc', ARGV[7],

@@ -302,13 +302,14 @@ class SQLiteStore:
                 return None
             cur = conn.execute(
                 f"INSERT OR IGNORE INTO checkpoints ({COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     task_id,
                     new.task_name,
                     Status.RUNNING.value,
                     new.owner,
                     new.pid,
+                    new.fence,
                     new.progress,
                     new.saved_at,
                     new.saved_at,
@@ -324,7 +325,7 @@ class SQLiteStore:
                 return None
             _remember_owner(conn, new.owner)
         self._know_saves(task_id, 1)
-        return 1
+        return new.fence
 
     def update(
         self, task_id: str, fence: int, state: EncodedState, progress: float | None, saved_at: float

@@ -308,10 +308,27 @@ def test_a_replaced_run_keeps_off_a_checkpoint_taken_over_as_it_discards_its_own
     newer = worker_id("w2@h", "b")
     cp = make(TakenOverBeforeRemoval(store, newer))  # type: ignore[arg-type]
     assert cp.save({"i": 1})
+    first = cp.fence
     cp.discard()
     record = store.get("t1")
     assert record is not None, "the newer run's checkpoint was deleted"
-    assert (record.owner, record.fence) == (newer, 2)
+    assert (record.owner, record.fence) == (newer, first + 1)
+
+
+def test_a_run_whose_checkpoint_was_purged_cannot_overwrite_the_next_one(store: CheckpointStore) -> None:
+    """``celery checkpoint purge`` of a live run, then a new delivery of its task id."""
+    old = make(store)
+    assert old.save({"i": 50})
+    assert store.delete("t1")
+    new = make(store, owner=worker_id("w2@h", "b"))
+    assert new.load() is None
+    assert new.save({"i": 1})
+    assert new.fence != old.fence, "the new checkpoint must not start at the old run's fence"
+    with pytest.raises(CheckpointOwnershipLost):
+        old.save({"i": 51})
+    record = store.get("t1")
+    assert record is not None and json.loads(record.state.payload) == {"i": 1}
+    assert new.save({"i": 2}) and new.saves == 2
 
 
 def test_a_never_seen_call_loads_without_reading_the_store(store: CheckpointStore) -> None:
@@ -372,14 +389,14 @@ def test_a_create_whose_answer_was_lost_is_handed_to_the_retry(store: Checkpoint
         first.save({"i": 5})
     handover = first.handover
     first.close()
-    assert handover is not None and (handover.fence, handover.owner) == (1, OWNER)
+    assert handover is not None and (handover.fence, handover.owner) == (store.peek("t1").fence, OWNER)
     without = make(store, owner=W2)
     with pytest.raises(DuplicateRun, match="alive"):
         without.load()
     without.close()
     retried = make(store, owner=W2, handed=handover)
     assert retried.load() == {"i": 5}
-    assert retried.save({"i": 6}) and retried.fence == 2
+    assert retried.save({"i": 6}) and retried.fence == handover.fence + 1
 
 
 def test_a_takeover_whose_answer_was_lost_is_handed_to_the_retry(store: CheckpointStore) -> None:
@@ -387,13 +404,14 @@ def test_a_takeover_whose_answer_was_lost_is_handed_to_the_retry(store: Checkpoi
     store.register(worker_id("w3@h", "c"), 30)
     dead = make(store)
     dead.save({"i": 3})  # its worker, OWNER, holds no lease: it is dead
+    dead_fence = dead.fence
     dead.close()
     resumed = make(AnswerLost(store, "takeover"), owner=W2)  # type: ignore[arg-type]
     with pytest.raises(CheckpointStoreError):
         resumed.load()
     handover = resumed.handover
     resumed.close()
-    assert handover is not None and handover.fence == 2
+    assert handover is not None and handover.fence == dead_fence + 1
     retried = make(store, owner=worker_id("w3@h", "c"), handed=handover)
     assert retried.load() == {"i": 3}
 

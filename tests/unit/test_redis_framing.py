@@ -42,19 +42,19 @@ def store() -> RedisStore:
 
 
 @pytest.mark.parametrize("size", [11, 4095, 4096, 64 * 1024])
-@pytest.mark.parametrize("progress", [None, 0.25])
+@pytest.mark.parametrize(("progress", "fence"), [(None, 1), (0.25, 987_654_321_098)])
 def test_create_sends_the_documented_script_call(
-    store: RedisStore, size: int, progress: float | None
+    store: RedisStore, size: int, progress: float | None, fence: int
 ) -> None:
     state = EncodedState(b"s" * size, "application/json", "utf-8")
     call = b'{"args": [], "kwargs": {}, "options": {"task_id": "t-1"}}'
     envelope = EncodedState(call, "application/json", "utf-8")
     name, owner = "proj.tasks.import_rows", "w1@host|abc123"
-    new = NewCheckpoint(name, owner, 4242, state, envelope, progress, 1764140000.125)
+    new = NewCheckpoint(name, owner, 4242, state, envelope, progress, 1764140000.125, fence)
     for _ in range(2):  # the second call frames its recurring arguments from the cache
-        assert store.create("t-1", new) == 1
-    keys = ["{app}:cp:task:t-1", "{app}:cp:owned:w1@host|abc123", "{app}:cp:owners", "{app}:cp:save:t-1:1"]
-    keys += ["{app}:cp:done:t-1", "{app}:cp:call:t-1"]
+        assert store.create("t-1", new) == fence
+    keys = ["{app}:cp:task:t-1", "{app}:cp:owned:w1@host|abc123", "{app}:cp:owners"]
+    keys += [f"{{app}}:cp:save:t-1:{fence}", "{app}:cp:done:t-1", "{app}:cp:call:t-1"]
     args = [
         "t-1",
         "w1@host|abc123",
@@ -68,6 +68,7 @@ def test_create_sends_the_documented_script_call(
         "utf-8",
         "" if progress is None else repr(progress),
         repr(1764140000.125),
+        fence,
     ]
     expected = pack((("EVALSHA", store._create.sha, len(keys), *keys, *args),))
     wire = store._wire

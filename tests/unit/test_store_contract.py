@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import redis
@@ -37,6 +38,23 @@ def test_create_then_update_is_fenced(store: CheckpointStore) -> None:
     assert record.state.payload == b'{"i": 2}'
     assert record.saves == 2 and record.progress == 0.6
     assert record.owner == W1 and record.status is Status.RUNNING
+
+
+def test_a_record_starts_at_its_create_fence_and_a_deleted_ones_run_is_fenced_out(
+    store: CheckpointStore,
+) -> None:
+    assert store.create("t1", replace(_new(W1, b'{"old": 1}'), fence=1_000_000_000_007)) == 1_000_000_000_007
+    assert store.peek("t1").fence == 1_000_000_000_007
+    assert store.update("t1", 1_000_000_000_007, _state(b'{"old": 2}'), 0.6, time.time()) == 2
+    assert store.delete("t1")  # a purge while that run goes on
+    assert store.create("t1", replace(_new(W2, b'{"new": 1}'), fence=42)) == 42
+    assert store.update("t1", 1_000_000_000_007, _state(b'{"stale": true}'), 0.9, time.time()) is None
+    record = store.get("t1")
+    assert record is not None and record.state.payload == b'{"new": 1}'
+    assert (record.fence, record.saves, record.owner) == (42, 1, W2)
+    taken = store.takeover("t1", 42, W2, W1, 1)
+    assert taken is not None and taken.fence == 43 and taken.state.payload == b'{"new": 1}'
+    assert store.update("t1", 43, _state(b'{"new": 2}'), 0.7, time.time()) == 2
 
 
 def test_create_refuses_a_task_id_already_finished(store: CheckpointStore) -> None:
