@@ -4,7 +4,8 @@
 exactly as figures 4 and 5 do (same ``Runner``), round after round in
 rotating order, and prints each variant's median tasks/s, its ratio to the
 first variant (of the medians, and the median of the per-round ratios) and
-the CPU per task of the worker's main process, its pool and redis-server.
+the CPU per task of the worker's main process, its pool and redis-server, and
+the cross-CPU wake-up interrupts per task (``throughput.wakeup_interrupts``).
 
 Variants: ``plain``, ``checkpoint-noop`` and ``checkpoint-save`` (figures 4
 and 5), and three that take the checkpointed worker apart:
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(per round {paired:.3f}x)  CPU us/task main {median([c.main for c in cpu]):.0f} "
             f"pool {median([c.pool for c in cpu]):.0f} redis {median([c.redis or 0 for c in cpu]):.0f} "
             f"main waiting {median([c.main_waiting or 0 for c in cpu]):.0f}  "
+            f"wake-up IRQs {median([c.wakeups or 0 for c in cpu]):.2f}  "
             f"runs {[round(r) for r in ours]}"
         )
     return 0

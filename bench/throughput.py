@@ -207,6 +207,25 @@ def waiting_seconds(pid: int) -> float | None:
     return _schedstat(pid, 1)
 
 
+def wakeup_interrupts() -> int | None:
+    """Rescheduling and function-call interrupts so far, all CPUs (``None`` if unknown).
+
+    One is sent, mostly, when a process wakes another on the other CPU while
+    that CPU runs something (rescheduling) or sits idle (function call).
+    Machine-wide, so it counts the benchmark's own polling too, the same for
+    every variant. ``python -m bench.vcpu`` measures what such a wake-up costs.
+    """
+    try:
+        with open("/proc/interrupts") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    # x86 names these rows RES and CAL, arm64 IPI0 and IPI1: the descriptions are the same.
+    wanted = ("Rescheduling interrupts", "Function call interrupts")
+    rows = [line.split(":", 1)[1].split() for line in lines if line.strip().endswith(wanted)]
+    return sum(int(field) for row in rows for field in row if field.isdigit()) if rows else None
+
+
 @dataclass
 class CpuPerTask:
     """Microseconds of CPU per task inside the timed window, per process role."""
@@ -216,6 +235,19 @@ class CpuPerTask:
     redis: float | None
     #: Microseconds per task the main process was runnable but had no CPU.
     main_waiting: float | None = None
+    #: Cross-CPU wake-up interrupts per task, machine-wide (``wakeup_interrupts``).
+    wakeups: float | None = None
+
+
+@dataclass
+class CpuSnapshot:
+    """Cumulative counters read at the edges of the timed window."""
+
+    main: float
+    pool: float
+    redis: float | None
+    main_waiting: float | None
+    wakeups: int | None
 
 
 class Runner:
@@ -234,13 +266,14 @@ class Runner:
         #: Variant name -> CPU per task of each of its runs (Linux /proc only).
         self.cpu: dict[str, list[CpuPerTask]] = {}
 
-    def _cpu_now(self, worker: WorkerProcess) -> tuple[float, float, float | None, float | None]:
+    def _cpu_now(self, worker: WorkerProcess) -> CpuSnapshot:
         pid = self.ctx.redis_pid
-        return (
-            cpu_seconds(worker.proc.pid),
-            sum(cpu_seconds(child) for child in worker.pool()),
-            cpu_seconds(pid) if pid else None,
-            waiting_seconds(worker.proc.pid),
+        return CpuSnapshot(
+            main=cpu_seconds(worker.proc.pid),
+            pool=sum(cpu_seconds(child) for child in worker.pool()),
+            redis=cpu_seconds(pid) if pid else None,
+            main_waiting=waiting_seconds(worker.proc.pid),
+            wakeups=wakeup_interrupts(),
         )
 
     def env(self, variant: Variant, keyprefix: str, queue: str, store_prefix: str) -> dict[str, str]:
@@ -335,19 +368,16 @@ class Runner:
         self.ctx.log(f"   {variant.name:16s} {rate:7.1f} tasks/s")
         return rate
 
-    def _per_task(
-        self,
-        before: tuple[float, float, float | None, float | None],
-        after: tuple[float, float, float | None, float | None],
-    ) -> CpuPerTask:
-        def per_task(first: float | None, last: float | None) -> float | None:
-            return None if first is None or last is None else (last - first) / self.n * 1e6
+    def _per_task(self, before: CpuSnapshot, after: CpuSnapshot) -> CpuPerTask:
+        def per_task(first: float | None, last: float | None, scale: float = 1e6) -> float | None:
+            return None if first is None or last is None else (last - first) / self.n * scale
 
         return CpuPerTask(
-            main=(after[0] - before[0]) / self.n * 1e6,
-            pool=(after[1] - before[1]) / self.n * 1e6,
-            redis=per_task(before[2], after[2]),
-            main_waiting=per_task(before[3], after[3]),
+            main=(after.main - before.main) / self.n * 1e6,
+            pool=(after.pool - before.pool) / self.n * 1e6,
+            redis=per_task(before.redis, after.redis),
+            main_waiting=per_task(before.main_waiting, after.main_waiting),
+            wakeups=per_task(before.wakeups, after.wakeups, scale=1),
         )
 
     def _first_taken(self, worker: WorkerProcess, qkey: str) -> float:
@@ -419,6 +449,10 @@ def throughput(ctx: Context) -> list[Figure]:
         waits = [r.main_waiting for r in runner.cpu.get(variant.name, []) if r.main_waiting is not None]
         return f"{median(waits):.0f}" if waits else "?"
 
+    def wakeups_of(variant: Variant) -> str:
+        wakeups = [r.wakeups for r in runner.cpu.get(variant.name, []) if r.wakeups is not None]
+        return f"{median(wakeups):.2f}" if wakeups else "?"
+
     def per_round(variant: Variant) -> float:
         return median([ours / base for ours, base in zip(samples[variant.name], plain, strict=True)])
 
@@ -433,7 +467,8 @@ def throughput(ctx: Context) -> list[Figure]:
             f"(per round {per_round(PLAIN_AGAIN):.3f}x); CPU per task in us "
             f"(worker main process / pool processes / redis-server, medians): "
             f"{cpu_of(variant)} vs plain {cpu_of(PLAIN)}; main process runnable but without a CPU: "
-            f"{waiting_of(variant)} vs plain {waiting_of(PLAIN)} us per task"
+            f"{waiting_of(variant)} vs plain {waiting_of(PLAIN)} us per task; cross-CPU wake-up "
+            f"interrupts per task (machine-wide): {wakeups_of(variant)} vs plain {wakeups_of(PLAIN)}"
         )
 
     return [
@@ -466,7 +501,8 @@ def throughput(ctx: Context) -> list[Figure]:
                 f"of its state and a DEL by hand (acks_late): "
                 f"{median(samples[FLOOR.name]) / median(plain):.3f}x "
                 f"(per round {per_round(FLOOR):.3f}x); CPU per task in us {cpu_of(FLOOR)}; "
-                f"main process without a CPU {waiting_of(FLOOR)} us per task"
+                f"main process without a CPU {waiting_of(FLOOR)} us per task, "
+                f"wake-up interrupts {wakeups_of(FLOOR)} per task"
             ),
         ),
     ]

@@ -77,6 +77,10 @@ def test_worker_and_scan_benchmarks_run(tmp_path: Path) -> None:
     cpu = re.findall(r"main (\d+) / pool (\d+) / redis (\d+) vs plain main (\d+)", text)
     assert len(cpu) == 2 and all(int(v) > 0 for row in cpu for v in row), "CPU per task of each process role"
     assert len(re.findall(r"runnable but without a CPU: \d+ vs plain \d+ us per task", text)) == 2
+    wakeups = re.findall(
+        r"wake-up interrupts per task \(machine-wide\): (\d+\.\d+) vs plain (\d+\.\d+)", text
+    )
+    assert len(wakeups) == 2 and all(float(v) > 0 for row in wakeups for v in row), "cross-CPU wake-ups"
     floor = re.search(r"SET of its state and a DEL by hand \(acks_late\): (\d+\.\d+)x", text)
     assert floor is not None and float(floor.group(1)) > 0, "figure 5 names its floor, from the same rounds"
 
@@ -105,6 +109,26 @@ def test_the_variant_comparison_runs_real_workers() -> None:
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["plain", "plain-late", "plain-in-ckpt-nostore"]
     assert all("tasks/s" in line and "CPU us/task main" in line for line in lines)
+
+
+def test_the_wakeup_cost_measure_runs_on_one_and_on_two_cpus() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.vcpu", "--round-trips", "500", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.findall(
+        r"^(.+?) +per round trip: wall +(\d+\.\d) us, CPU +(\d+\.\d) us \+ +(\d+\.\d) us$", proc.stdout, re.M
+    )
+    assert [name for name, *_ in found] == [
+        "one vCPU (both on CPU 0)",
+        "two vCPUs (CPU 0 and CPU 1)",
+        "left to the scheduler",
+    ], proc.stdout
+    assert all(float(wall) > 0 for _, wall, _, _ in found)
 
 
 def test_the_server_cost_comparison_runs_the_real_tasks() -> None:
