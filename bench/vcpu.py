@@ -36,22 +36,31 @@ def ping_pong(parent_cpu: int | None, child_cpu: int | None, round_trips: int) -
     to_child_r, to_child_w = os.pipe()
     to_parent_r, to_parent_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: answer every byte, then report its own CPU time
+    if pid == 0:  # the child: pinned, it says so, answers every byte, then reports its own CPU time
+        status = 1
         try:
+            os.close(to_child_w)
+            os.close(to_parent_r)
             if child_cpu is not None:
                 os.sched_setaffinity(0, {child_cpu})
+            os.write(to_parent_w, b"r")
             start = _cpu_seconds()
             for _ in range(round_trips):
                 os.read(to_child_r, 1)
                 os.write(to_parent_w, b"x")
             os.write(to_parent_w, f"{_cpu_seconds() - start:.9f}".encode().ljust(32))
+            status = 0
         finally:
-            os._exit(0)
+            os._exit(status)
+    # Only the child holds these ends now: if it dies, the reads below see end of file.
+    os.close(to_child_r)
+    os.close(to_parent_w)
     everywhere = os.sched_getaffinity(0)
     try:
         if parent_cpu is not None:
             os.sched_setaffinity(0, {parent_cpu})
-        time.sleep(0.05)  # time for the child to pin itself before the clock starts
+        if os.read(to_parent_r, 1) != b"r":
+            raise RuntimeError("the ping-pong child died before it was ready")
         cpu0, wall0 = _cpu_seconds(), time.perf_counter()
         for _ in range(round_trips):
             os.write(to_child_w, b"x")
@@ -60,9 +69,9 @@ def ping_pong(parent_cpu: int | None, child_cpu: int | None, round_trips: int) -
         child = float(os.read(to_parent_r, 32).decode())
     finally:
         os.sched_setaffinity(0, everywhere)
+        os.close(to_child_w)
+        os.close(to_parent_r)
         os.waitpid(pid, 0)
-        for fd in (to_child_r, to_child_w, to_parent_r, to_parent_w):
-            os.close(fd)
     scale = 1e6 / round_trips
     return wall * scale, cpu * scale, child * scale
 
