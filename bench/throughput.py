@@ -445,13 +445,16 @@ def throughput(ctx: Context) -> list[Figure]:
             parts.append(f"redis {median(redis):.0f}")
         return " / ".join(parts)
 
+    def median_of(variant: Variant, reading: str, digits: int) -> str:
+        """The median of one optional ``CpuPerTask`` reading over the variant's runs ("?" if none)."""
+        values = [v for r in runner.cpu.get(variant.name, []) if (v := getattr(r, reading)) is not None]
+        return f"{median(values):.{digits}f}" if values else "?"
+
     def waiting_of(variant: Variant) -> str:
-        waits = [r.main_waiting for r in runner.cpu.get(variant.name, []) if r.main_waiting is not None]
-        return f"{median(waits):.0f}" if waits else "?"
+        return median_of(variant, "main_waiting", 0)
 
     def wakeups_of(variant: Variant) -> str:
-        wakeups = [r.wakeups for r in runner.cpu.get(variant.name, []) if r.wakeups is not None]
-        return f"{median(wakeups):.2f}" if wakeups else "?"
+        return median_of(variant, "wakeups", 2)
 
     def per_round(variant: Variant) -> float:
         return median([ours / base for ours, base in zip(samples[variant.name], plain, strict=True)])
